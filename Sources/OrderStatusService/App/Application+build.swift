@@ -1,0 +1,90 @@
+import Hummingbird
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+import UnixSignals
+
+/// The parts of a running service, made once from the configuration.
+public struct ServiceParts: Sendable {
+    public let postgres: PostgresClient
+    public let store: OrderStore
+    public let metrics: DeliveryMetrics
+    public let hub: OrderEventHub
+    public let listener: NotificationListener
+
+    public init(configuration: Configuration, logger: Logger) throws {
+        postgres = PostgresClient(configuration: configuration.database.clientConfiguration(poolSize: configuration.databasePoolSize), backgroundLogger: logger)
+        store = OrderStore(client: postgres, logger: logger)
+        metrics = DeliveryMetrics()
+        hub = OrderEventHub(
+            store: store,
+            configuration: .init(
+                heartbeatInterval: configuration.heartbeatInterval,
+                streamBufferCapacity: configuration.streamBufferFrames,
+                maximumStreams: configuration.maximumStreams,
+                maximumPolls: configuration.maximumPolls
+            ),
+            metrics: metrics,
+            logger: logger
+        )
+        listener = NotificationListener(
+            configuration: .init(connection: try configuration.database.connectionConfiguration()),
+            hub: hub,
+            metrics: metrics,
+            logger: logger
+        )
+    }
+}
+
+/// The HTTP application: routes, the problem middleware, and the migrations run before serving.
+public func buildApplication(
+    configuration: Configuration,
+    parts: ServiceParts,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let router = Router(context: BasicRequestContext.self)
+    router.add(middleware: ProblemMiddleware())
+    OrderController(store: parts.store).addRoutes(to: router.group("orders"))
+    LongPollController(store: parts.store, hub: parts.hub).addRoutes(to: router.group("orders"))
+    EventStreamController(
+        store: parts.store,
+        hub: parts.hub,
+        retryMilliseconds: configuration.sseRetryMilliseconds,
+        bufferCapacity: configuration.streamBufferFrames
+    ).addRoutes(to: router)
+    HealthController(store: parts.store, listener: parts.listener, metrics: parts.metrics).addRoutes(to: router)
+
+    var app = Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "order-status"),
+        onServerRunning: onServerRunning,
+        logger: logger
+    )
+    let migrator = Migrator(directory: configuration.migrationsDirectory, logger: logger)
+    app.beforeServerStarts {
+        try await migrator.migrate(client: parts.postgres)
+    }
+    return app
+}
+
+/// The whole service as one service group. Graceful shutdown runs in reverse order: the hub ends
+/// every stream and held poll first, so the HTTP server can finish; then the listener and the pool.
+public func buildServiceGroup(
+    configuration: Configuration,
+    logger: Logger,
+    gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) throws -> ServiceGroup {
+    let parts = try ServiceParts(configuration: configuration, logger: logger)
+    let app = buildApplication(configuration: configuration, parts: parts, logger: logger, onServerRunning: onServerRunning)
+    var groupConfiguration = ServiceGroupConfiguration(
+        services: [parts.postgres, parts.listener, app, parts.hub],
+        gracefulShutdownSignals: gracefulShutdownSignals,
+        logger: logger
+    )
+    groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownTimeout
+    groupConfiguration.maximumCancellationDuration = .seconds(2)
+    return ServiceGroup(configuration: groupConfiguration)
+}

@@ -1,0 +1,156 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import ServiceLifecycle
+
+/// Holds the process's one LISTEN connection and turns notifications into hub wake-ups.
+///
+/// postgres-nio does not reconnect a connection, so this service does: on any loss it reconnects
+/// with capped exponential backoff and jitter, and after every successful LISTEN it asks the hub
+/// to catch up, because notifications sent while it was away are gone. A periodic ping that must
+/// answer within a bound finds a backend that hangs without closing the socket.
+public actor NotificationListener: Service {
+    public struct Configuration: Sendable {
+        public var connection: PostgresConnection.Configuration
+        public var pingInterval: Duration
+        public var pingTimeout: Duration
+        public var initialBackoff: Duration
+        public var maximumBackoff: Duration
+
+        public init(connection: PostgresConnection.Configuration, pingInterval: Duration = .seconds(10), pingTimeout: Duration = .seconds(5),
+                    initialBackoff: Duration = .milliseconds(100), maximumBackoff: Duration = .seconds(5)) {
+            var connection = connection
+            connection.options.additionalStartupParameters.append(("application_name", "order-status-listener"))
+            self.connection = connection
+            self.pingInterval = pingInterval
+            self.pingTimeout = pingTimeout
+            self.initialBackoff = initialBackoff
+            self.maximumBackoff = maximumBackoff
+        }
+    }
+
+    let configuration: Configuration
+    let hub: OrderEventHub
+    let metrics: DeliveryMetrics
+    let logger: Logger
+    public private(set) var isListening = false
+    private var hasListenedBefore = false
+    private var connectionID = 0
+
+    public init(configuration: Configuration, hub: OrderEventHub, metrics: DeliveryMetrics, logger: Logger) {
+        self.configuration = configuration
+        self.hub = hub
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func run() async {
+        // Cancelling on graceful shutdown ends the LISTEN connection promptly.
+        await cancelWhenGracefulShutdown {
+            await self.listenUntilCancelled()
+        }
+    }
+
+    private func listenUntilCancelled() async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                try await listenOnce()
+            } catch {
+                if Task.isCancelled { break }
+                logger.warning("notification listener lost its connection", metadata: ["error": "\(String(reflecting: error))"])
+            }
+            // A connection that reached LISTEN starts the backoff afresh.
+            failures = isListening ? 1 : failures + 1
+            isListening = false
+            guard (try? await Task.sleep(for: backoff(afterFailures: failures))) != nil else { break }
+        }
+        isListening = false
+    }
+
+    /// Capped exponential backoff with full jitter, so instances do not reconnect in lockstep.
+    nonisolated func backoff(afterFailures failures: Int) -> Duration {
+        let exponent = min(failures - 1, 16)
+        let cap = min(configuration.initialBackoff * (1 << exponent), configuration.maximumBackoff)
+        let capMilliseconds = max(Int(cap.components.seconds * 1000 + cap.components.attoseconds / 1_000_000_000_000_000), 1)
+        return .milliseconds(Int.random(in: capMilliseconds / 2...capMilliseconds))
+    }
+
+    /// One connection's life: connect, LISTEN, catch up, then deliver until it fails.
+    private func listenOnce() async throws {
+        connectionID += 1
+        let connection = try await PostgresConnection.connect(
+            on: MultiThreadedEventLoopGroup.singleton.any(),
+            configuration: configuration.connection,
+            id: connectionID,
+            logger: logger
+        )
+        do {
+            try await deliverNotifications(from: connection)
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    private func deliverNotifications(from connection: PostgresConnection) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let notifications = try await connection.listen(OrderStore.notificationChannel)
+            isListening = true
+            if hasListenedBefore { metrics.listenerReconnects.increment() }
+            hasListenedBefore = true
+            logger.info("listening for order changes", metadata: ["channel": "\(OrderStore.notificationChannel)"])
+            await hub.catchUp()
+            group.addTask { try await self.ping(connection) }
+            group.addTask {
+                for try await notification in notifications {
+                    guard let (orderID, eventID) = Self.parse(notification.payload) else {
+                        self.logger.warning("ignoring a malformed notification", metadata: ["payload": "\(notification.payload)"])
+                        continue
+                    }
+                    await self.hub.notificationReceived(orderID: orderID, eventID: eventID)
+                }
+                throw ListenerError.notificationsEnded
+            }
+            // Either child ending means the connection is no longer trustworthy.
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Repeats `LISTEN` as the ping: a no-op for PostgreSQL, so the connection runs nothing else.
+    private nonisolated func ping(_ connection: PostgresConnection) async throws {
+        while true {
+            try await Task.sleep(for: configuration.pingInterval)
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    _ = try await connection.query("LISTEN \(unescaped: OrderStore.notificationChannel)", logger: self.logger).collect()
+                    return true
+                }
+                group.addTask {
+                    try await Task.sleep(for: self.configuration.pingTimeout)
+                    // Closing fails the hung query too, so this group can finish.
+                    try? await connection.close()
+                    return false
+                }
+                let answered = try await group.next() ?? false
+                group.cancelAll()
+                if !answered { throw ListenerError.pingTimedOut }
+            }
+        }
+    }
+
+    /// Parses `<event id>:<order id>`.
+    nonisolated static func parse(_ payload: String) -> (OrderID, Int64)? {
+        guard let colon = payload.firstIndex(of: ":"), let eventID = Int64(payload[..<colon]),
+              let orderID = OrderID(payload[payload.index(after: colon)...])
+        else { return nil }
+        return (orderID, eventID)
+    }
+
+    enum ListenerError: Error {
+        case notificationsEnded
+        case pingTimedOut
+    }
+}

@@ -1,0 +1,71 @@
+import Hummingbird
+import NIOCore
+
+/// `GET /events/order-status/{id}`: the order's state, the replay after Last-Event-ID, then live
+/// events from the hub, heartbeats while idle, and the end after a terminal event.
+struct EventStreamController<Context: RequestContext> {
+    let store: OrderStore
+    let hub: OrderEventHub
+    let retryMilliseconds: Int
+    let bufferCapacity: Int
+
+    func addRoutes(to router: Router<Context>) {
+        router.get("/events/order-status/:id", use: stream)
+    }
+
+    @Sendable func stream(_ request: Request, context: Context) async throws -> Response {
+        let lastEventID = try RequestParsing.lastEventID(request)
+        let id = try RequestParsing.orderID(context)
+        let replay: [OrderEvent]
+        let position: Int64
+        if let lastEventID {
+            guard let page = try await store.events(of: id, after: lastEventID, limit: OrderEventHub.pageSize) else {
+                throw Problem.orderNotFound(id.rawValue)
+            }
+            // Nothing after the client's position and nothing can follow: tell EventSource to stop.
+            if page.events.isEmpty, page.orderStatus.isTerminal { return Response(status: .noContent) }
+            (replay, position) = (page.events, lastEventID)
+        } else {
+            guard let latest = try await store.latestEvent(of: id) else { throw Problem.orderNotFound(id.rawValue) }
+            (replay, position) = ([latest], latest.id - 1)
+        }
+        guard await hub.canAcceptStream else {
+            throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
+        }
+        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no"]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            try await writeStream(of: id, request: request, replay: replay, after: position, to: &writer)
+        })
+    }
+
+    private func writeStream(of id: OrderID, request: Request, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws {
+        let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(bufferCapacity))
+        // A client that goes away finishes the mailbox at once, which ends the loop below.
+        try await request.body.consumeWithInboundCloseHandler { _ in
+            try await writer.write(SSEFrame.retry(milliseconds: retryMilliseconds))
+            var position = start
+            var page = replay
+            // Replay writes straight to the socket, page by page, so a long history needs no buffer.
+            while true {
+                for event in page {
+                    try await writer.write(SSEFrame.event(id: event.id, json: event.json))
+                    position = event.id
+                    if event.isTerminal { return }
+                }
+                guard page.count == OrderEventHub.pageSize else { break }
+                page = try await store.events(of: id, after: position, limit: OrderEventHub.pageSize)?.events ?? []
+            }
+            guard let subscriberID = await hub.subscribe(to: id, after: position, mailbox: mailbox) else { return }
+            do {
+                for await frame in frames { try await writer.write(frame) }
+            } catch {
+                await hub.unsubscribe(from: id, id: subscriberID)
+                throw error
+            }
+            await hub.unsubscribe(from: id, id: subscriberID)
+        } onInboundClosed: {
+            mailbox.finish()
+        }
+        try await writer.finish(nil)
+    }
+}

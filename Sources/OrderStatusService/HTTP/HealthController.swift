@@ -1,0 +1,38 @@
+import Hummingbird
+import NIOCore
+import Prometheus
+
+/// Liveness, readiness and Prometheus metrics.
+struct HealthController<Context: RequestContext> {
+    let store: OrderStore
+    let listener: NotificationListener
+    let metrics: DeliveryMetrics
+
+    func addRoutes(to router: Router<Context>) {
+        router.get("/healthz", use: healthz)
+        router.get("/readyz", use: readyz)
+        router.get("/metrics", use: prometheusText)
+    }
+
+    @Sendable func healthz(_ request: Request, context: Context) async throws -> Response {
+        JSONResponse.make("{\"status\":\"ok\"}")
+    }
+
+    @Sendable func readyz(_ request: Request, context: Context) async throws -> Response {
+        do {
+            try await store.ping()
+        } catch {
+            throw Problem.unavailable("The database does not answer.")
+        }
+        guard await listener.isListening else {
+            throw Problem.unavailable("The notification listener is not connected.")
+        }
+        return JSONResponse.make("{\"status\":\"ready\"}")
+    }
+
+    @Sendable func prometheusText(_ request: Request, context: Context) async throws -> Response {
+        var bytes: [UInt8] = []
+        metrics.registry.emit(into: &bytes)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+}

@@ -1,0 +1,100 @@
+import Hummingbird
+import NIOCore
+
+/// An RFC 9457 problem: every error this service answers is one, as `application/problem+json`.
+public struct Problem: Error, Sendable {
+    public var status: HTTPResponse.Status
+    public var detail: String
+    public var headers: HTTPFields
+
+    public init(_ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+    }
+
+    public var json: String {
+        var out = "{\"type\":\"about:blank\",\"title\":"
+        JSONValue.writeString(status.reasonPhrase, to: &out)
+        out += ",\"status\":\(status.code),\"detail\":"
+        JSONValue.writeString(detail, to: &out)
+        out += "}"
+        return out
+    }
+
+    public var response: Response {
+        var headers = self.headers
+        headers[.contentType] = "application/problem+json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+
+    static func orderNotFound(_ id: String) -> Problem { Problem(.notFound, "No order has the id '\(id)'.") }
+
+    static func unavailable(_ detail: String, retryAfterSeconds: Int = 1) -> Problem {
+        Problem(.serviceUnavailable, detail, headers: [.retryAfter: "\(retryAfterSeconds)"])
+    }
+}
+
+/// Turns every error into a problem response: the ones the service means (`Problem`, store and
+/// validation errors), Hummingbird's own (404 routes, 413 bodies), and unexpected ones, which are
+/// logged with the request id and answered 500 without internals.
+struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch {
+            return Self.problem(for: error, context: context).response
+        }
+    }
+
+    static func problem(for error: any Error, context: Context) -> Problem {
+        switch error {
+        case let problem as Problem:
+            return problem
+        case let error as OrderStoreError:
+            switch error {
+            case .orderExists(let id): return Problem(.conflict, "An order with the id '\(id)' already exists.")
+            case .orderNotFound(let id): return .orderNotFound(id.rawValue)
+            case .versionMismatch(let current):
+                return Problem(.preconditionFailed, "If-Match does not match the order's current version \(current).", headers: [.eTag: "\"\(current)\""])
+            case .transitionNotAllowed(let from, let to):
+                return Problem(.conflict, "An order cannot change from '\(from.rawValue)' to '\(to.rawValue)'.")
+            case .corruptRow:
+                return unexpected(error, context: context)
+            }
+        case let error as InvalidField:
+            return Problem(.unprocessableContent, error.detail)
+        case let error as JSONError:
+            return Problem(.badRequest, "The request body is not valid JSON: \(error.description).")
+        case let error as HTTPError:
+            if error.status == .contentTooLarge {
+                return Problem(.contentTooLarge, "The request body is larger than \(RequestLimits.maximumBodyBytes) bytes.")
+            }
+            if error.status.code >= 500 { return unexpected(error, context: context) }
+            return Problem(error.status, error.body ?? defaultDetail(error.status))
+        default:
+            if DatabaseAvailability.isUnavailable(error) {
+                context.logger.warning("database unavailable", metadata: ["error": "\(String(reflecting: error))"])
+                return .unavailable("The database is not reachable; try again shortly.")
+            }
+            return unexpected(error, context: context)
+        }
+    }
+
+    static func defaultDetail(_ status: HTTPResponse.Status) -> String {
+        switch status {
+        case .notFound: return "No resource at this path."
+        case .methodNotAllowed: return "This method is not allowed on this path."
+        default: return status.reasonPhrase
+        }
+    }
+
+    static func unexpected(_ error: any Error, context: Context) -> Problem {
+        context.logger.error("unexpected error", metadata: ["error": "\(String(reflecting: error))"])
+        return Problem(.internalServerError, "An unexpected error occurred (request id \(context.id)).")
+    }
+}
+
+enum RequestLimits {
+    static let maximumBodyBytes = 64 * 1024
+}

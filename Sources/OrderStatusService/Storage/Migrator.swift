@@ -1,0 +1,79 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// Applies the numbered SQL files of a folder (`001_name.sql`, ...) that the database has not seen.
+/// Everything runs in one transaction holding an advisory lock, so instances that start together
+/// apply each file exactly once: the others wait on the lock, then find nothing left to do.
+public struct Migrator: Sendable {
+    /// An arbitrary constant that names this service's migration lock.
+    static let advisoryLockKey: Int64 = 0x6F72_6465_7273_7431
+
+    public let directory: URL
+    let logger: Logger
+
+    public init(directory: URL, logger: Logger) {
+        self.directory = directory
+        self.logger = logger
+    }
+
+    public struct Migration: Sendable, Equatable {
+        public var name: String
+        public var sql: String
+    }
+
+    public func migrations() throws -> [Migration] {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+        } catch {
+            throw MigrationError(description: "cannot read the migrations folder \(directory.path): \(error.localizedDescription)")
+        }
+        return try names
+            .filter { $0.hasSuffix(".sql") && $0.first?.isNumber == true }
+            .sorted()
+            .map { name in
+                let sql = try String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)
+                return Migration(name: name, sql: sql)
+            }
+    }
+
+    /// Applies the pending migrations and returns the names of those it applied.
+    @discardableResult
+    public func migrate(client: PostgresClient) async throws -> [String] {
+        let migrations = try migrations()
+        return try await client.withConnection { connection in
+            _ = try await connection.simpleQuery("BEGIN").get()
+            do {
+                _ = try await connection.query("SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey))", logger: logger).collect()
+                _ = try await connection.simpleQuery(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                ).get()
+                var applied = Set<String>()
+                for try await name in try await connection.query("SELECT name FROM schema_migrations", logger: logger).decode(String.self) {
+                    applied.insert(name)
+                }
+                var newlyApplied: [String] = []
+                for migration in migrations where !applied.contains(migration.name) {
+                    logger.info("applying migration", metadata: ["migration": "\(migration.name)"])
+                    do {
+                        _ = try await connection.simpleQuery(migration.sql).get()
+                    } catch {
+                        throw MigrationError(description: "migration \(migration.name) failed: \(String(reflecting: error))")
+                    }
+                    _ = try await connection.query("INSERT INTO schema_migrations (name) VALUES (\(migration.name))", logger: logger).collect()
+                    newlyApplied.append(migration.name)
+                }
+                _ = try await connection.simpleQuery("COMMIT").get()
+                return newlyApplied
+            } catch {
+                _ = try? await connection.simpleQuery("ROLLBACK").get()
+                throw error
+            }
+        }
+    }
+}
+
+public struct MigrationError: Error, CustomStringConvertible {
+    public var description: String
+}

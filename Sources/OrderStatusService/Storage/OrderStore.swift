@@ -1,0 +1,237 @@
+import Logging
+import PostgresNIO
+
+/// Reads and changes orders in PostgreSQL. Every change is one transaction that locks the order
+/// row, writes the order and its event, and sends the wake-up notification, so an event exists
+/// if and only if its change committed, and one order's event ids increase in commit order.
+public struct OrderStore: Sendable {
+    /// The channel every instance LISTENs on. A payload is `<event id>:<order id>`.
+    public static let notificationChannel = "order_status_events"
+
+    let client: PostgresClient
+    let logger: Logger
+
+    public init(client: PostgresClient, logger: Logger) {
+        self.client = client
+        self.logger = logger
+    }
+
+    /// Creates an order and its first event. Throws `OrderStoreError.orderExists` for a taken id.
+    public func create(_ order: NewOrder) async throws -> (Order, OrderEvent) {
+        let id = order.id ?? OrderID.generate()
+        // One statement is one transaction: the order, its event and the notification commit together.
+        let query: PostgresQuery = """
+            WITH new_order AS (
+                INSERT INTO orders (id, status, version, metadata, created_at, updated_at, last_event_id)
+                VALUES (\(id.rawValue), \(order.status.rawValue), 1, \(order.metadata?.json)::jsonb, now(), now(),
+                        nextval(pg_get_serial_sequence('order_events', 'id')))
+                ON CONFLICT (id) DO NOTHING
+                RETURNING *
+            ), new_event AS (
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
+                SELECT last_event_id, id, status, NULL, 1, created_at, metadata FROM new_order
+                RETURNING *
+            ), notified AS (
+                SELECT pg_notify('\(unescaped: Self.notificationChannel)', id || ':' || order_id) FROM new_event
+            )
+            SELECT \(unescaped: SQL.orderColumns("o")), \(unescaped: SQL.eventColumns("e"))
+            FROM new_order o, new_event e, notified
+            """
+        let rows = try await client.query(query, logger: logger)
+        for try await row in rows {
+            return try SQL.orderAndEvent(row)
+        }
+        throw OrderStoreError.orderExists(id)
+    }
+
+    public func order(_ id: OrderID) async throws -> Order? {
+        let rows = try await client.query(
+            "SELECT \(unescaped: SQL.orderColumns("o")) FROM orders o WHERE o.id = \(id.rawValue)",
+            logger: logger
+        )
+        for try await row in rows {
+            return try SQL.order(try row.decode(SQL.OrderRow.self))
+        }
+        return nil
+    }
+
+    /// Applies a status change under the order's row lock. `allowedVersions` is If-Match's list:
+    /// when given, the order's current version must be one of them.
+    public func changeStatus(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
+        try await client.withTransaction(logger: logger) { connection in
+            let locked = try await connection.query(
+                "SELECT \(unescaped: SQL.orderColumns("o")) FROM orders o WHERE o.id = \(id.rawValue) FOR UPDATE",
+                logger: logger
+            )
+            var current: Order?
+            for try await row in locked {
+                current = try SQL.order(try row.decode(SQL.OrderRow.self))
+            }
+            guard let current else { throw OrderStoreError.orderNotFound(id) }
+            if let allowedVersions, !allowedVersions.contains(current.version) {
+                throw OrderStoreError.versionMismatch(current: current.version)
+            }
+            switch current.status.transition(to: change.status) {
+            case .unchanged:
+                return .unchanged(current)
+            case .forbidden:
+                throw OrderStoreError.transitionNotAllowed(from: current.status, to: change.status)
+            case .allowed:
+                break
+            }
+            let changed = try await connection.query(
+                """
+                WITH changed_order AS (
+                    UPDATE orders SET status = \(change.status.rawValue), version = version + 1, updated_at = now(),
+                        last_event_id = nextval(pg_get_serial_sequence('order_events', 'id'))
+                    WHERE id = \(id.rawValue)
+                    RETURNING *
+                ), new_event AS (
+                    INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
+                    SELECT last_event_id, id, status, \(current.status.rawValue), version, updated_at, \(change.metadata?.json)::jsonb
+                    FROM changed_order
+                    RETURNING *
+                ), notified AS (
+                    SELECT pg_notify('\(unescaped: Self.notificationChannel)', id || ':' || order_id) FROM new_event
+                )
+                SELECT \(unescaped: SQL.orderColumns("o")), \(unescaped: SQL.eventColumns("e"))
+                FROM changed_order o, new_event e, notified
+                """,
+                logger: logger
+            )
+            for try await row in changed {
+                let (order, event) = try SQL.orderAndEvent(row)
+                return .changed(order, event)
+            }
+            throw OrderStoreError.orderNotFound(id)
+        }
+    }
+
+    /// The order's events with ids above `after`, ascending, or nil when the order does not exist.
+    public func events(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
+        let rows = try await client.query(
+            """
+            SELECT o.status, o.last_event_id, \(unescaped: SQL.eventColumns("e"))
+            FROM orders o
+            LEFT JOIN LATERAL (
+                SELECT * FROM order_events WHERE order_id = o.id AND id > \(after) ORDER BY id LIMIT \(limit)
+            ) e ON true
+            WHERE o.id = \(id.rawValue)
+            ORDER BY e.id
+            """,
+            logger: logger
+        )
+        var page: EventPage?
+        for try await row in rows {
+            let (status, lastEventID, event) = try SQL.pageRow(row)
+            if page == nil {
+                page = EventPage(orderStatus: try SQL.status(status), lastEventID: lastEventID, events: [])
+            }
+            if event.0 != nil { page?.events.append(try SQL.event(event)) }
+        }
+        return page
+    }
+
+    /// The order's latest event (its current state), or nil when the order does not exist.
+    public func latestEvent(of id: OrderID) async throws -> OrderEvent? {
+        let rows = try await client.query(
+            """
+            SELECT \(unescaped: SQL.eventColumns("e")) FROM orders o JOIN order_events e ON e.id = o.last_event_id
+            WHERE o.id = \(id.rawValue)
+            """,
+            logger: logger
+        )
+        for try await row in rows {
+            return try SQL.event(try row.decode(SQL.OptionalEventRow.self))
+        }
+        return nil
+    }
+
+    /// Answers when the database does.
+    public func ping() async throws {
+        _ = try await client.query("SELECT 1", logger: logger).collect()
+    }
+}
+
+/// One order's events after a position, with the order's state at the time of the read.
+public struct EventPage: Sendable {
+    public var orderStatus: OrderStatus
+    public var lastEventID: Int64
+    public var events: [OrderEvent]
+}
+
+public enum StatusChangeOutcome: Sendable {
+    case changed(Order, OrderEvent)
+    /// The order already had the status: nothing was written.
+    case unchanged(Order)
+}
+
+public enum OrderStoreError: Error, Equatable {
+    case orderExists(OrderID)
+    case orderNotFound(OrderID)
+    case versionMismatch(current: Int)
+    case transitionNotAllowed(from: OrderStatus, to: OrderStatus)
+    /// A row held a value the schema's CHECK constraints should have refused.
+    case corruptRow(String)
+}
+
+/// Column lists and row decoding shared by the store's queries. Times are formatted by PostgreSQL
+/// as RFC 3339 UTC with milliseconds, so the service never parses or reformats them.
+enum SQL {
+    static func time(_ column: String) -> String {
+        "to_char(\(column) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    }
+
+    static func orderColumns(_ alias: String) -> String {
+        "\(alias).id, \(alias).status, \(alias).version, \(time("\(alias).created_at")), \(time("\(alias).updated_at")), "
+            + "\(alias).last_event_id, \(alias).metadata::text"
+    }
+
+    static func eventColumns(_ alias: String) -> String {
+        "\(alias).id, \(alias).order_id, \(alias).status, \(alias).previous_status, \(alias).version, "
+            + "\(time("\(alias).occurred_at")), \(alias).metadata::text"
+    }
+
+    typealias OrderRow = (String, String, Int, String, String, Int64, String?)
+    typealias EventRow = (Int64, String, String, String?, Int, String, String?)
+    /// An event read through an outer join: every column may be null.
+    typealias OptionalEventRow = (Int64?, String?, String?, String?, Int?, String?, String?)
+
+    static func orderAndEvent(_ row: PostgresRow) throws -> (Order, OrderEvent) {
+        let c = try row.decode((String, String, Int, String, String, Int64, String?, Int64, String, String, String?, Int, String, String?).self)
+        return (try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6)), try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
+    }
+
+    /// An order's status and latest event id, then one of its events or nulls.
+    static func pageRow(_ row: PostgresRow) throws -> (String, Int64, OptionalEventRow) {
+        let c = try row.decode((String, Int64, Int64?, String?, String?, String?, Int?, String?, String?).self)
+        return (c.0, c.1, (c.2, c.3, c.4, c.5, c.6, c.7, c.8))
+    }
+
+    static func status(_ text: String) throws -> OrderStatus {
+        guard let status = OrderStatus(rawValue: text) else { throw OrderStoreError.corruptRow("unknown status \(text)") }
+        return status
+    }
+
+    static func orderID(_ text: String) throws -> OrderID {
+        guard let id = OrderID(text) else { throw OrderStoreError.corruptRow("malformed order id \(text)") }
+        return id
+    }
+
+    static func order(_ row: OrderRow) throws -> Order {
+        Order(id: try orderID(row.0), status: try status(row.1), version: row.2, createdAt: row.3, updatedAt: row.4,
+              lastEventID: row.5, metadata: row.6)
+    }
+
+    static func event(_ row: EventRow) throws -> OrderEvent {
+        OrderEvent(id: row.0, orderID: try orderID(row.1), status: try status(row.2),
+                   previousStatus: try row.3.map(status), version: row.4, occurredAt: row.5, metadata: row.6)
+    }
+
+    static func event(_ row: OptionalEventRow) throws -> OrderEvent {
+        guard let id = row.0, let order = row.1, let status = row.2, let version = row.4, let occurredAt = row.5 else {
+            throw OrderStoreError.corruptRow("event row with missing columns")
+        }
+        return try event((id, order, status, row.3, version, occurredAt, row.6))
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Command 2: run the whole test suite.
+#   scripts/test.sh [swift test args...]     e.g. --filter OrderStatusServiceTests
+# Without DATABASE_URL, a throwaway PostgreSQL cluster is created in a fresh
+# /tmp dir on a free port and removed on exit. The tests get
+#   DATABASE_URL, ORDER_STATUS_TEST_PGDATA, ORDER_STATUS_TEST_PGBIN
+# so they can stop/start/restart it, as the postgres user:
+#   runuser -u postgres -- "$ORDER_STATUS_TEST_PGBIN/pg_ctl" -D "$ORDER_STATUS_TEST_PGDATA" \
+#       -l "$ORDER_STATUS_TEST_PGDATA/server.log" -w restart
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/postgres.sh source-path=SCRIPTDIR/..
+source "$ROOT/scripts/postgres.sh"
+
+command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
+
+summary() { echo "test.sh: $*"; }
+
+TEST_PGDATA=""
+# shellcheck disable=SC2329  # invoked via trap
+cleanup() {
+    local rc=$?
+    if [[ -n "$TEST_PGDATA" && -d "$TEST_PGDATA" ]]; then
+        PG_SCRIPTS_QUIET=1 pg_stop "$TEST_PGDATA" || true
+        rm -rf "$TEST_PGDATA"
+    fi
+    return "$rc"
+}
+
+if [[ -z "${DATABASE_URL:-}" ]]; then
+    pg_ensure_installed
+    TEST_PGDATA="$(mktemp -d /tmp/order-status-test-pg.XXXXXX)"
+    # Ensure cleanup on normal exit, failure and Ctrl-C/kill.
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    PG_PORT="$(pg_pick_free_port 56000 1000)"
+    pg_init_cluster "$TEST_PGDATA" "$PG_PORT" --throwaway
+    # The port may be taken between picking and binding (parallel runs): retry.
+    for attempt in 1 2 3 4 5; do
+        if pg_start "$TEST_PGDATA"; then break; fi
+        [[ $attempt == 5 ]] && { summary "FAILED: could not start throwaway PostgreSQL"; exit 1; }
+        PG_PORT="$(pg_pick_free_port 56000 1000)"
+        pg_set_port "$TEST_PGDATA" "$PG_PORT"
+    done
+    pg_wait_ready "$PG_PORT"
+    pg_create_database "$PG_PORT" order_status_test
+
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/order_status_test"
+    export ORDER_STATUS_TEST_PGDATA="$TEST_PGDATA"
+    ORDER_STATUS_TEST_PGBIN="$(pg_bin_dir)"
+    export ORDER_STATUS_TEST_PGBIN
+    echo "test.sh: throwaway PostgreSQL at $DATABASE_URL (data: $TEST_PGDATA, log: $TEST_PGDATA/server.log)"
+else
+    echo "test.sh: using external DATABASE_URL (restart tests cannot control it)"
+fi
+
+if [[ -f scripts/validate-openapi.sh ]]; then
+    bash scripts/validate-openapi.sh || { summary "FAILED: OpenAPI validation"; exit 1; }
+fi
+
+swift build --build-tests || { summary "FAILED: swift build --build-tests"; exit 1; }
+
+status=0
+swift test "$@" || status=$?
+if [[ $status == 0 ]]; then
+    summary "PASSED (swift test $*)"
+else
+    summary "FAILED: swift test exited with $status"
+fi
+exit "$status"
