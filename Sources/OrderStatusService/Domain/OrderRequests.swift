@@ -66,6 +66,7 @@ public struct Metadata: Sendable, Equatable {
         guard let field, field != .null else { return nil }
         guard case .object = field else { throw InvalidField(field: "metadata", reason: "must be a JSON object or null") }
         if field.containsNUL { throw InvalidField(field: "metadata", reason: "must not contain NUL characters") }
+        if field.hasNumberOutOfRange { throw InvalidField(field: "metadata", reason: "holds a number too large to store") }
         let text = field.compactText
         guard text.utf8.count <= Self.maximumBytes else {
             throw InvalidField(field: "metadata", reason: "is \(text.utf8.count) bytes as compact JSON; at most \(Self.maximumBytes) are allowed")

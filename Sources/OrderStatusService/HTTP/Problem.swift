@@ -66,6 +66,8 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             return Problem(.unprocessableContent, error.detail)
         case let error as JSONError:
             return Problem(.badRequest, "The request body is not valid JSON: \(error.description).")
+        case is NIOTooManyBytesError:
+            return Problem(.contentTooLarge, "The request body is larger than \(RequestLimits.maximumBodyBytes) bytes.")
         case let error as HTTPError:
             if error.status == .contentTooLarge {
                 return Problem(.contentTooLarge, "The request body is larger than \(RequestLimits.maximumBodyBytes) bytes.")

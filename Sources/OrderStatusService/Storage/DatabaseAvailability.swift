@@ -5,6 +5,9 @@ import PostgresNIO
 public enum DatabaseAvailability {
     public static func isUnavailable(_ error: any Error) -> Bool {
         if error is DatabaseTimeout { return true }
+        if let error = error as? PostgresTransactionError {
+            return [error.beginError, error.closureError, error.commitError].contains { $0.map(isUnavailable) ?? false }
+        }
         guard let error = error as? PSQLError else { return false }
         switch error.code {
         case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed:

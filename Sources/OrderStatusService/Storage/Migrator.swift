@@ -43,12 +43,13 @@ public struct Migrator: Sendable {
     public func migrate(client: PostgresClient) async throws -> [String] {
         let migrations = try migrations()
         return try await client.withConnection { connection in
-            _ = try await connection.simpleQuery("BEGIN").get()
+            _ = try await connection.query("BEGIN", logger: logger).collect()
             do {
                 _ = try await connection.query("SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey))", logger: logger).collect()
-                _ = try await connection.simpleQuery(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-                ).get()
+                _ = try await connection.query(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+                    logger: logger
+                ).collect()
                 var applied = Set<String>()
                 for try await name in try await connection.query("SELECT name FROM schema_migrations", logger: logger).decode(String.self) {
                     applied.insert(name)
@@ -57,17 +58,19 @@ public struct Migrator: Sendable {
                 for migration in migrations where !applied.contains(migration.name) {
                     logger.info("applying migration", metadata: ["migration": "\(migration.name)"])
                     do {
-                        _ = try await connection.simpleQuery(migration.sql).get()
+                        for statement in SQLScript.statements(in: migration.sql) {
+                            _ = try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger).collect()
+                        }
                     } catch {
                         throw MigrationError(description: "migration \(migration.name) failed: \(String(reflecting: error))")
                     }
                     _ = try await connection.query("INSERT INTO schema_migrations (name) VALUES (\(migration.name))", logger: logger).collect()
                     newlyApplied.append(migration.name)
                 }
-                _ = try await connection.simpleQuery("COMMIT").get()
+                _ = try await connection.query("COMMIT", logger: logger).collect()
                 return newlyApplied
             } catch {
-                _ = try? await connection.simpleQuery("ROLLBACK").get()
+                _ = try? await connection.query("ROLLBACK", logger: logger).collect()
                 throw error
             }
         }

@@ -58,6 +58,16 @@ public struct OrderStore: Sendable {
     /// Applies a status change under the order's row lock. `allowedVersions` is If-Match's list:
     /// when given, the order's current version must be one of them.
     public func changeStatus(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
+        do {
+            return try await changeStatusInTransaction(of: id, to: change, allowedVersions: allowedVersions)
+        } catch let error as PostgresTransactionError {
+            // A refusal decided inside the transaction rolled it back: report the refusal itself.
+            if let refusal = error.closureError as? OrderStoreError, error.rollbackError == nil { throw refusal }
+            throw error
+        }
+    }
+
+    private func changeStatusInTransaction(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
         try await client.withTransaction(logger: logger) { connection in
             let locked = try await connection.query(
                 "SELECT \(unescaped: SQL.orderColumns("o")) FROM orders o WHERE o.id = \(id.rawValue) FOR UPDATE",

@@ -1,0 +1,104 @@
+import Foundation
+import Testing
+@testable import OrderStatusService
+
+/// Every error the contract lists answers its status with a problem body, never a 5xx.
+@Suite("Bad input", .timeLimit(.minutes(5)))
+struct BadInputTests {
+    static func expectProblem(_ response: TestResponse, _ status: Int, _ note: Comment? = nil) throws {
+        #expect(response.status == status, note)
+        let problem = try response.problem
+        #expect(problem["status"] as? Int == status)
+        #expect(problem["title"] is String)
+        #expect(problem["type"] is String)
+        #expect((problem["detail"] as? String)?.isEmpty == false)
+    }
+
+    @Test func createErrors() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID()
+            try await service.createOrder(id)
+            try Self.expectProblem(try await service.post("/orders", #"{"id":"\#(id)"}"#), 409, "id exists")
+            try Self.expectProblem(try await service.post("/orders", "not json"), 400)
+            try Self.expectProblem(try await service.post("/orders", #"{"id":"a","id":"b"}"#), 400, "duplicate keys are ambiguous")
+            try Self.expectProblem(try await service.post("/orders", "[1,2]"), 422, "a body that is not an object")
+            try Self.expectProblem(try await service.post("/orders", #"{"id":5}"#), 422, "wrong type")
+            try Self.expectProblem(try await service.post("/orders", #"{"status":"lost"}"#), 422, "unknown status")
+            try Self.expectProblem(try await service.post("/orders", #"{"status":null}"#), 422)
+            try Self.expectProblem(try await service.post("/orders", #"{"metadata":[1]}"#), 422, "metadata must be an object")
+            try Self.expectProblem(try await service.post("/orders", #"{"metadata":{"a":"x\u0000y"}}"#), 422, "NUL")
+            try Self.expectProblem(try await service.post("/orders", #"{"metadata":{"n":1e999999}}"#), 422, "number out of range")
+            for bad in ["-A", "A B", "A/B", String(repeating: "x", count: 65), "", "é"] {
+                try Self.expectProblem(try await service.post("/orders", #"{"id":"\#(bad)"}"#), 422, "id \(bad)")
+            }
+        }
+    }
+
+    @Test func metadataSizeLimitIsCountedAsCompactJSON() async throws {
+        try await TestService.with { service in
+            // {"k":"xxx..."} is 8 bytes plus the string: exactly 4096 passes, 4097 fails.
+            let fits = String(repeating: "x", count: 4096 - 8)
+            let spaced = "{ \"k\" :   \"\(fits)\" }"
+            #expect(try await service.post("/orders", #"{"metadata":\#(spaced)}"#).status == 201, "whitespace does not count")
+            try Self.expectProblem(try await service.post("/orders", #"{"metadata":{"k":"\#(fits)x"}}"#), 422)
+            // Multi-byte characters count as their UTF-8 bytes.
+            let accents = String(repeating: "é", count: 2045)
+            try Self.expectProblem(try await service.post("/orders", #"{"metadata":{"k":"\#(accents)"}}"#), 422)
+        }
+    }
+
+    @Test func bodyOverSixtyFourKiBIs413() async throws {
+        try await TestService.with { service in
+            let big = #"{"metadata":{"k":""# + String(repeating: "x", count: 65 * 1024) + #""}}"#
+            try Self.expectProblem(try await service.post("/orders", big), 413)
+            let id = uniqueOrderID()
+            try await service.createOrder(id)
+            try Self.expectProblem(try await service.post("/orders/\(id)/status", big), 413)
+            // The connection and the order survive.
+            #expect(try await service.get("/orders/\(id)").status == 200)
+        }
+    }
+
+    @Test func statusChangeErrorsInContractOrder() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID()
+            try await service.createOrder(id)
+            try Self.expectProblem(try await service.post("/orders/\(id)/status", "{"), 400)
+            try Self.expectProblem(try await service.post("/orders/\(id)/status", #"{"status":"lost"}"#), 422)
+            try Self.expectProblem(try await service.post("/orders/\(id)/status", #"{}"#), 422, "status is required")
+            try Self.expectProblem(try await service.post("/orders/\(id)/status", #"{"status":"paid","metadata":"x"}"#), 422)
+            try Self.expectProblem(try await service.post("/orders/nope-\(id)/status", #"{"status":"paid"}"#), 404)
+            try Self.expectProblem(try await service.post("/orders/bad%20id/status", #"{"status":"paid"}"#), 404)
+            // 422 beats 404: an invalid body on an unknown order.
+            try Self.expectProblem(try await service.post("/orders/nope-\(id)/status", #"{"status":"lost"}"#), 422)
+            // 400 beats everything: a malformed body on an unknown order.
+            try Self.expectProblem(try await service.post("/orders/nope-\(id)/status", "{"), 400)
+            try Self.expectProblem(try await service.changeStatus(id, to: "paid", ifMatch: "\"9\""), 412)
+            try await service.changeStatus(id, to: "cancelled")
+            try Self.expectProblem(try await service.changeStatus(id, to: "paid"), 409)
+            // Nothing above changed the order but the one cancel.
+            let events = try #require(try await service.get("/orders/\(id)/events").json["events"] as? [[String: Any]])
+            #expect(events.compactMap { $0["status"] as? String } == ["pending", "cancelled"])
+        }
+    }
+
+    @Test func readErrors() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID()
+            try await service.createOrder(id)
+            try Self.expectProblem(try await service.get("/orders/unknown-\(id)"), 404)
+            try Self.expectProblem(try await service.get("/orders/-bad"), 404, "a path id off the pattern is 404")
+            try Self.expectProblem(try await service.get("/orders/unknown-\(id)/events"), 404)
+            for query in ["after=-1", "after=x", "after=1.5", "after=99999999999999999999", "limit=0", "limit=1001", "limit=", "after=1&after=2"] {
+                try Self.expectProblem(try await service.get("/orders/\(id)/events?\(query)"), 400, "\(query)")
+            }
+            // 400 comes before 404.
+            try Self.expectProblem(try await service.get("/orders/unknown-\(id)/events?limit=0"), 400)
+            for query in ["after=-1", "timeout=61", "timeout=-1", "timeout=abc"] {
+                try Self.expectProblem(try await service.get("/orders/\(id)/status/poll?\(query)"), 400, "\(query)")
+            }
+            try Self.expectProblem(try await service.get("/orders/unknown-\(id)/status/poll"), 404)
+            try Self.expectProblem(try await service.get("/no/such/route"), 404)
+        }
+    }
+}

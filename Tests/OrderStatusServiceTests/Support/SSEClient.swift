@@ -1,0 +1,108 @@
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
+
+/// One parsed item of a Server-Sent Events stream.
+enum SSEItem: Equatable, Sendable {
+    case retry(Int)
+    case comment(String)
+    case event(id: Int64, name: String, data: String)
+}
+
+/// A live SSE connection read item by item, keeping the raw bytes for exact-frame checks.
+final class SSEConnection: @unchecked Sendable {
+    let status: Int
+    let headers: HTTPHeaders
+    private var box: IteratorBox?
+    private var pending = ""
+    private(set) var raw = ""
+    private(set) var ended = false
+
+    private init(status: Int, headers: HTTPHeaders, iterator: HTTPClientResponse.Body.AsyncIterator) {
+        self.status = status
+        self.headers = headers
+        self.box = IteratorBox(iterator)
+    }
+
+    /// Drops the connection, as a browser tab that closes.
+    func close() {
+        box = nil
+    }
+
+    static func open(_ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "") async throws -> SSEConnection {
+        var request = HTTPClientRequest(url: service.baseURL + "/events/order-status/\(orderID)" + query)
+        if let lastEventID { request.headers.add(name: "Last-Event-ID", value: lastEventID) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(600))
+        return SSEConnection(status: Int(response.status.code), headers: response.headers, iterator: response.body.makeAsyncIterator())
+    }
+
+    /// The next item, or nil when the server ended the stream.
+    func next(within limit: Duration = .seconds(10)) async throws -> SSEItem? {
+        while true {
+            if let range = pending.range(of: "\n\n") {
+                let block = String(pending[..<range.lowerBound])
+                pending.removeSubrange(..<range.upperBound)
+                return try Self.parse(block)
+            }
+            guard let chunk = try await readChunk(within: limit) else {
+                ended = true
+                return nil
+            }
+            let text = String(buffer: chunk)
+            raw += text
+            pending += text
+        }
+    }
+
+    /// The next `count` events, skipping heartbeats and the retry field.
+    func events(_ count: Int, within limit: Duration = .seconds(10)) async throws -> [(id: Int64, data: String)] {
+        var events: [(id: Int64, data: String)] = []
+        while events.count < count {
+            guard let item = try await next(within: limit) else { throw TestFailure("stream ended after \(events.count) of \(count) events") }
+            if case .event(let id, _, let data) = item { events.append((id, data)) }
+        }
+        return events
+    }
+
+    /// Reads until the server ends the stream, returning the events seen on the way.
+    func readToEnd(within limit: Duration = .seconds(10)) async throws -> [(id: Int64, data: String)] {
+        var events: [(id: Int64, data: String)] = []
+        while let item = try await next(within: limit) {
+            if case .event(let id, _, let data) = item { events.append((id, data)) }
+        }
+        return events
+    }
+
+    private func readChunk(within limit: Duration) async throws -> ByteBuffer? {
+        guard let box else { throw TestFailure("the connection is closed") }
+        return try await withDeadline(limit, "reading the SSE stream") { try await box.next() }
+    }
+
+    private static func parse(_ block: String) throws -> SSEItem {
+        if block.hasPrefix(":") { return .comment(String(block.dropFirst()).trimmingCharacters(in: .whitespaces)) }
+        var id: Int64?
+        var name = "message"
+        var data: [String] = []
+        for line in block.split(separator: "\n", omittingEmptySubsequences: false) {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            let field = String(parts[0])
+            let value = parts.count > 1 ? String(parts[1].dropFirst(parts[1].hasPrefix(" ") ? 1 : 0)) : ""
+            switch field {
+            case "retry": return .retry(Int(value) ?? -1)
+            case "id": id = Int64(value)
+            case "event": name = value
+            case "data": data.append(value)
+            default: throw TestFailure("unexpected SSE field in \(block)")
+            }
+        }
+        guard let id else { throw TestFailure("SSE event without id: \(block)") }
+        return .event(id: id, name: name, data: data.joined(separator: "\n"))
+    }
+}
+
+/// Carries the body iterator into the deadline's child task and back.
+private final class IteratorBox: @unchecked Sendable {
+    var iterator: HTTPClientResponse.Body.AsyncIterator
+    init(_ iterator: HTTPClientResponse.Body.AsyncIterator) { self.iterator = iterator }
+    func next() async throws -> ByteBuffer? { try await iterator.next() }
+}

@@ -1,0 +1,130 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import OrderStatusService
+import PostgresNIO
+import ServiceLifecycle
+import Testing
+
+/// The database the suite runs against: `DATABASE_URL`, set by `scripts/test.sh`.
+enum TestDatabase {
+    static var url: String {
+        guard let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty else {
+            fatalError("DATABASE_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL")
+        }
+        return url
+    }
+
+    /// The same server, another database.
+    static func url(database: String, base: String = url) -> String {
+        var components = URLComponents(string: base)!
+        components.path = "/" + database
+        return components.string!
+    }
+
+    /// Creates an empty database of its own for a test that must not share one.
+    static func createFresh(base: String = url) async throws -> String {
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
+        try await admin(base: base) { connection in
+            _ = try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: testLogger).collect()
+        }
+        return url(database: String(name), base: base)
+    }
+
+    /// Runs `body` on a connection to the server's `postgres` database.
+    static func admin<T: Sendable>(base: String = url, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        let parsed = try DatabaseURL(url(database: "postgres", base: base))
+        let connection = try await PostgresConnection.connect(configuration: try parsed.connectionConfiguration(), id: 1, logger: testLogger)
+        do {
+            let result = try await body(connection)
+            try await connection.close()
+            return result
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+}
+
+let testLogger: Logger = {
+    var logger = Logger(label: "order-status-tests")
+    logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+    return logger
+}()
+
+/// A unique order id, so tests sharing a database never touch each other's orders.
+func uniqueOrderID(_ prefix: String = "T") -> String {
+    "\(prefix)-\(UUID().uuidString.prefix(13))"
+}
+
+/// One in-process instance of the service on a free port of 127.0.0.1.
+struct TestService: Sendable {
+    let baseURL: String
+    let port: Int
+
+    /// Runs the service for the duration of `body`, then shuts it down gracefully.
+    static func with<T: Sendable>(
+        databaseURL: String = TestDatabase.url,
+        settings: [String: String] = [:],
+        _ body: @Sendable (TestService) async throws -> T
+    ) async throws -> T {
+        var values = ["DATABASE_URL": databaseURL, "PORT": "0", "HEARTBEAT_SECONDS": "15", "SHUTDOWN_TIMEOUT_SECONDS": "5"]
+        values.merge(settings) { $1 }
+        let configuration = try Configuration(values: values)
+        let (ports, portSource) = AsyncStream.makeStream(of: Int.self)
+        let group = try buildServiceGroup(configuration: configuration, logger: testLogger, gracefulShutdownSignals: []) { channel in
+            portSource.yield(channel.localAddress?.port ?? 0)
+            portSource.finish()
+        }
+        return try await withThrowingTaskGroup(of: T?.self) { tasks in
+            tasks.addTask {
+                try await group.run()
+                return nil
+            }
+            var iterator = ports.makeAsyncIterator()
+            guard let port = await iterator.next() else { throw TestFailure("the service did not start") }
+            let service = TestService(baseURL: "http://127.0.0.1:\(port)", port: port)
+            do {
+                try await service.waitUntilReady()
+                let result = try await body(service)
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+                return result
+            } catch {
+                await group.triggerGracefulShutdown()
+                try? await tasks.waitForAll()
+                throw error
+            }
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (the listener is connected).
+    func waitUntilReady(within limit: Duration = .seconds(20)) async throws {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if let response = try? await get("/readyz"), response.status == 200 { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestFailure("\(baseURL) did not become ready")
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Runs `body`, failing when it takes longer than `limit`: a hung test fails instead of hanging CI.
+func withDeadline<T: Sendable>(_ limit: Duration, _ what: String = "operation", _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw TestFailure("\(what) did not finish within \(limit)")
+        }
+        let result = try await group.next()!
+        group.cancelAll()
+        return result
+    }
+}
