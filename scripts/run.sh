@@ -51,6 +51,10 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     esac
 done
 
+# A wildcard bind address is not something to curl.
+CURL_HOST="$LISTEN_HOST"
+[[ "$CURL_HOST" == 0.0.0.0 || "$CURL_HOST" == "::" ]] && CURL_HOST=127.0.0.1
+
 cat <<EOF
 ------------------------------------------------------------------
  order-status
@@ -58,7 +62,7 @@ cat <<EOF
    postgres log  : $PGLOG
    DATABASE_URL  : $DATABASE_URL
    listening on  : http://$LISTEN_HOST:$LISTEN_PORT
-   try           : curl http://$LISTEN_HOST:$LISTEN_PORT/healthz
+   try           : curl http://$CURL_HOST:$LISTEN_PORT/healthz
    stop database : scripts/stop-postgres.sh
 ------------------------------------------------------------------
 EOF

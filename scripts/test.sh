@@ -3,10 +3,12 @@
 #   scripts/test.sh [swift test args...]     e.g. --filter OrderStatusServiceTests
 # Without DATABASE_URL, a throwaway PostgreSQL cluster is created in a fresh
 # /tmp dir on a free port and removed on exit. The tests get
-#   DATABASE_URL, ORDER_STATUS_TEST_PGDATA, ORDER_STATUS_TEST_PGBIN
-# so they can stop/start/restart it, as the postgres user:
-#   runuser -u postgres -- "$ORDER_STATUS_TEST_PGBIN/pg_ctl" -D "$ORDER_STATUS_TEST_PGDATA" \
-#       -l "$ORDER_STATUS_TEST_PGDATA/server.log" -w restart
+#   DATABASE_URL, ORDER_STATUS_TEST_PGDATA, ORDER_STATUS_TEST_PGBIN,
+#   ORDER_STATUS_TEST_PGCTL (= scripts/test-pg-ctl.sh)
+# so they can stop/start/restart it: "$ORDER_STATUS_TEST_PGCTL" restart.
+# (Raw `runuser -u postgres -- $PGBIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -w
+# start` also works from a shell, but from Foundation.Process the new
+# postmaster inherits a socket and waitUntilExit() hangs; see test-pg-ctl.sh.)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,14 +33,27 @@ cleanup() {
 
 if [[ -z "${DATABASE_URL:-}" ]]; then
     pg_ensure_installed
-    TEST_PGDATA="$(mktemp -d /tmp/order-status-test-pg.XXXXXX)"
-    # Ensure cleanup on normal exit, failure and Ctrl-C/kill.
+    # Reap clusters of earlier runs that were SIGKILLed (their trap never ran).
+    for old in /tmp/order-status-test-pg.*; do
+        [[ -f "$old/test-sh.pid" ]] || continue
+        owner="$(cat "$old/test-sh.pid")"
+        # Owner alive (and not a zombie awaiting its reaper): leave it alone.
+        if [[ -r "/proc/$owner/status" ]] && ! grep -q '^State:.*zombie' "/proc/$owner/status"; then continue; fi
+        echo "test.sh: removing stale test cluster $old"
+        PG_SCRIPTS_QUIET=1 pg_stop "$old" || true
+        rm -rf "$old"
+    done
+
+    # Ensure cleanup on normal exit, failure and Ctrl-C/kill. (A TERM/INT
+    # handler runs once the foreground command, e.g. swift test, has ended.)
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
+    TEST_PGDATA="$(mktemp -d /tmp/order-status-test-pg.XXXXXX)"
 
     PG_PORT="$(pg_pick_free_port 56000 1000)"
     pg_init_cluster "$TEST_PGDATA" "$PG_PORT" --throwaway
+    echo $$ >"$TEST_PGDATA/test-sh.pid"
     # The port may be taken between picking and binding (parallel runs): retry.
     for attempt in 1 2 3 4 5; do
         if pg_start "$TEST_PGDATA"; then break; fi
@@ -53,6 +68,7 @@ if [[ -z "${DATABASE_URL:-}" ]]; then
     export ORDER_STATUS_TEST_PGDATA="$TEST_PGDATA"
     ORDER_STATUS_TEST_PGBIN="$(pg_bin_dir)"
     export ORDER_STATUS_TEST_PGBIN
+    export ORDER_STATUS_TEST_PGCTL="$ROOT/scripts/test-pg-ctl.sh"
     echo "test.sh: throwaway PostgreSQL at $DATABASE_URL (data: $TEST_PGDATA, log: $TEST_PGDATA/server.log)"
 else
     echo "test.sh: using external DATABASE_URL (restart tests cannot control it)"
@@ -67,8 +83,8 @@ swift build --build-tests || { summary "FAILED: swift build --build-tests"; exit
 status=0
 swift test "$@" || status=$?
 if [[ $status == 0 ]]; then
-    summary "PASSED (swift test $*)"
+    summary "PASSED: swift test${*:+ $*}"
 else
-    summary "FAILED: swift test exited with $status"
+    summary "FAILED: swift test${*:+ $*} exited with $status"
 fi
 exit "$status"

@@ -32,7 +32,9 @@ struct EventStreamController<Context: RequestContext> {
         guard await hub.canAcceptStream else {
             throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
         }
-        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no"]
+        // Watching for the client's close takes over the connection's input, so it cannot carry
+        // another request afterwards: say so, or a client may reuse it and fail.
+        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no", .connection: "close"]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             try await writeStream(of: id, request: request, replay: replay, after: position, to: &writer)
         })

@@ -33,9 +33,9 @@ struct LongPollController<Context: RequestContext> {
         guard await hub.canAcceptPoll else {
             throw Problem.unavailable("This instance holds as many polls as it may; retry shortly.", retryAfterSeconds: 2)
         }
-        let events = try await request.body.consumeWithCancellationOnInboundClose { _ in
-            await wait(on: id, after: after, timeout: .seconds(timeout))
-        }
+        // No watch for the client's close here: it would cost the connection's keep-alive, which
+        // pollers reuse for their next poll. A departed poller's slot frees at its timeout.
+        let events = await wait(on: id, after: after, timeout: .seconds(timeout))
         return body(id, events: events.map(\.json), lastEventID: events.last?.id ?? after, terminal: events.last?.isTerminal ?? false)
     }
 

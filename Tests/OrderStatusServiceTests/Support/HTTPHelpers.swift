@@ -30,13 +30,21 @@ struct TestResponse: Sendable {
     }
 }
 
+/// One client for the suite, allowed many connections per host: each open stream holds one.
+let testHTTPClient: HTTPClient = {
+    var configuration = HTTPClient.Configuration()
+    configuration.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 4096)
+    configuration.timeout.connect = .seconds(10)
+    return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+}()
+
 extension TestService {
     func request(_ method: HTTPMethod, _ path: String, body: String? = nil, headers: [(String, String)] = []) async throws -> TestResponse {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(90))
+        let response = try await testHTTPClient.execute(request, timeout: .seconds(90))
         let bytes = try await response.body.collect(upTo: 16 << 20)
         return TestResponse(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
     }

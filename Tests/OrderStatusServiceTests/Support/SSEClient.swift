@@ -32,7 +32,7 @@ final class SSEConnection: @unchecked Sendable {
     static func open(_ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "") async throws -> SSEConnection {
         var request = HTTPClientRequest(url: service.baseURL + "/events/order-status/\(orderID)" + query)
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: lastEventID) }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(600))
+        let response = try await testHTTPClient.execute(request, timeout: .seconds(600))
         return SSEConnection(status: Int(response.status.code), headers: response.headers, iterator: response.body.makeAsyncIterator())
     }
 

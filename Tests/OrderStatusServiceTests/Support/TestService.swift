@@ -128,3 +128,46 @@ func withDeadline<T: Sendable>(_ limit: Duration, _ what: String = "operation", 
         return result
     }
 }
+
+/// Waits until `condition` holds, checking every 20 ms, for state that announces no event (a gauge).
+func eventually(_ what: String, within limit: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + limit
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw TestFailure("\(what) did not happen within \(limit)") }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
+
+extension TestService {
+    /// The ids of an order's events, from the table, ascending.
+    func eventIDs(of orderID: String) async throws -> [Int64] {
+        let events = try await get("/orders/\(orderID)/events?limit=1000").json["events"] as? [[String: Any]] ?? []
+        return events.compactMap { ($0["id"] as? Int).map(Int64.init) }
+    }
+
+    /// The order's events as the JSON text the events endpoint writes for each, by id.
+    func eventJSON(of orderID: String) async throws -> [Int64: String] {
+        let body = try await get("/orders/\(orderID)/events?limit=1000").body
+        // Each event object starts with {"id": and holds no nested {"id": (metadata keys are ours).
+        var result: [Int64: String] = [:]
+        let inner = body.dropFirst("{\"events\":[".count).dropLast("]}".count)
+        var depth = 0
+        var start = inner.startIndex
+        for index in inner.indices {
+            switch inner[index] {
+            case "{":
+                if depth == 0 { start = index }
+                depth += 1
+            case "}":
+                depth -= 1
+                if depth == 0 {
+                    let text = String(inner[start...index])
+                    let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+                    if let id = object?["id"] as? Int { result[Int64(id)] = text }
+                }
+            default: break
+            }
+        }
+        return result
+    }
+}
