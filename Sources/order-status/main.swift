@@ -17,6 +17,7 @@ struct SettingsOptions: ParsableArguments {
     @Option(help: "Open streams per instance before 503 (default 20000)  [env: MAX_STREAMS]") var maxStreams: String?
     @Option(help: "Held polls per instance before 503 (default 20000)  [env: MAX_POLLS]") var maxPolls: String?
     @Option(help: "Request pool connections (default 20)  [env: DATABASE_POOL_SIZE]") var databasePoolSize: String?
+    @Option(help: "Bound on one database operation, seconds (default 5)  [env: DATABASE_TIMEOUT_SECONDS]") var databaseTimeoutSeconds: String?
     @Option(help: "Log level (default info)  [env: LOG_LEVEL]") var logLevel: String?
 
     /// The environment with every given flag laid over it, read into a `Configuration`.
@@ -26,7 +27,7 @@ struct SettingsOptions: ParsableArguments {
             "DATABASE_URL": databaseUrl, "HOST": host, "PORT": port, "HEARTBEAT_SECONDS": heartbeatSeconds,
             "SSE_RETRY_MS": sseRetryMs, "MIGRATIONS_DIR": migrationsDir, "SHUTDOWN_TIMEOUT_SECONDS": shutdownTimeoutSeconds,
             "STREAM_BUFFER_FRAMES": streamBufferFrames, "MAX_STREAMS": maxStreams, "MAX_POLLS": maxPolls,
-            "DATABASE_POOL_SIZE": databasePoolSize, "LOG_LEVEL": logLevel,
+            "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds, "LOG_LEVEL": logLevel,
         ]
         for case let (name, value?) in flags { values[name] = value }
         do {

@@ -15,7 +15,7 @@ public struct ServiceParts: Sendable {
 
     public init(configuration: Configuration, logger: Logger) throws {
         postgres = PostgresClient(configuration: configuration.database.clientConfiguration(poolSize: configuration.databasePoolSize), backgroundLogger: logger)
-        store = OrderStore(client: postgres, logger: logger)
+        store = OrderStore(client: postgres, logger: logger, timeout: configuration.databaseTimeout)
         metrics = DeliveryMetrics()
         hub = OrderEventHub(
             store: store,

@@ -18,6 +18,7 @@ public struct Configuration: Sendable {
     public var maximumStreams: Int = 20_000
     public var maximumPolls: Int = 20_000
     public var databasePoolSize: Int = 20
+    public var databaseTimeout: Duration = .seconds(5)
     public var logLevel: Logger.Level = .info
 
     public init(database: DatabaseURL) {
@@ -37,6 +38,7 @@ public struct Configuration: Sendable {
         ("MAX_STREAMS", "max-streams", "open SSE streams per instance before 503 (default 20000)"),
         ("MAX_POLLS", "max-polls", "held long polls per instance before 503 (default 20000)"),
         ("DATABASE_POOL_SIZE", "database-pool-size", "connections in the request pool (default 20)"),
+        ("DATABASE_TIMEOUT_SECONDS", "database-timeout-seconds", "bound on one database operation before 503 (default 5)"),
         ("LOG_LEVEL", "log-level", "trace, debug, info, notice, warning, error or critical (default info)"),
     ]
 
@@ -81,6 +83,7 @@ public struct Configuration: Sendable {
         if let streams = try integer("MAX_STREAMS", in: 1...10_000_000) { self.maximumStreams = streams }
         if let polls = try integer("MAX_POLLS", in: 1...10_000_000) { self.maximumPolls = polls }
         if let pool = try integer("DATABASE_POOL_SIZE", in: 1...1000) { self.databasePoolSize = pool }
+        if let timeout = try seconds("DATABASE_TIMEOUT_SECONDS") { self.databaseTimeout = timeout }
         if let level = value("LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
                 throw ConfigurationError("LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, not '\(level)'")

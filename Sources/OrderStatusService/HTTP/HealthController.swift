@@ -20,7 +20,7 @@ struct HealthController<Context: RequestContext> {
 
     @Sendable func readyz(_ request: Request, context: Context) async throws -> Response {
         do {
-            try await store.ping()
+            try await store.ping(within: .seconds(2))
         } catch {
             throw Problem.unavailable("The database does not answer.")
         }

@@ -10,14 +10,36 @@ public struct OrderStore: Sendable {
 
     let client: PostgresClient
     let logger: Logger
+    /// How long an operation may wait for the database: without a bound, postgres-nio waits for a
+    /// connection as long as the database is away, and requests would hang instead of failing.
+    let timeout: Duration
 
-    public init(client: PostgresClient, logger: Logger) {
+    public init(client: PostgresClient, logger: Logger, timeout: Duration = .seconds(5)) {
         self.client = client
         self.logger = logger
+        self.timeout = timeout
+    }
+
+    /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`.
+    func bounded<T: Sendable>(by limit: Duration? = nil, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+        let limit = limit ?? timeout
+        return try await withThrowingTaskGroup(of: T.self) { group in
+            group.addTask { try await operation() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                throw DatabaseTimeout()
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
     }
 
     /// Creates an order and its first event. Throws `OrderStoreError.orderExists` for a taken id.
     public func create(_ order: NewOrder) async throws -> (Order, OrderEvent) {
+        try await bounded { try await createNow(order) }
+    }
+
+    private func createNow(_ order: NewOrder) async throws -> (Order, OrderEvent) {
         let id = order.id ?? OrderID.generate()
         // One statement is one transaction: the order, its event and the notification commit together.
         let query: PostgresQuery = """
@@ -45,6 +67,10 @@ public struct OrderStore: Sendable {
     }
 
     public func order(_ id: OrderID) async throws -> Order? {
+        try await bounded { try await orderNow(id) }
+    }
+
+    private func orderNow(_ id: OrderID) async throws -> Order? {
         let rows = try await client.query(
             "SELECT \(unescaped: SQL.orderColumns("o")) FROM orders o WHERE o.id = \(id.rawValue)",
             logger: logger
@@ -59,7 +85,7 @@ public struct OrderStore: Sendable {
     /// when given, the order's current version must be one of them.
     public func changeStatus(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
         do {
-            return try await changeStatusInTransaction(of: id, to: change, allowedVersions: allowedVersions)
+            return try await bounded { try await changeStatusInTransaction(of: id, to: change, allowedVersions: allowedVersions) }
         } catch let error as PostgresTransactionError {
             // A refusal decided inside the transaction rolled it back: report the refusal itself.
             if let refusal = error.closureError as? OrderStoreError, error.rollbackError == nil { throw refusal }
@@ -119,6 +145,10 @@ public struct OrderStore: Sendable {
 
     /// The order's events with ids above `after`, ascending, or nil when the order does not exist.
     public func events(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
+        try await bounded { try await eventsNow(of: id, after: after, limit: limit) }
+    }
+
+    private func eventsNow(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
         let rows = try await client.query(
             """
             SELECT o.status, o.last_event_id, \(unescaped: SQL.eventColumns("e"))
@@ -144,6 +174,10 @@ public struct OrderStore: Sendable {
 
     /// The order's latest event (its current state), or nil when the order does not exist.
     public func latestEvent(of id: OrderID) async throws -> OrderEvent? {
+        try await bounded { try await latestEventNow(of: id) }
+    }
+
+    private func latestEventNow(of id: OrderID) async throws -> OrderEvent? {
         let rows = try await client.query(
             """
             SELECT \(unescaped: SQL.eventColumns("e")) FROM orders o JOIN order_events e ON e.id = o.last_event_id
@@ -157,9 +191,9 @@ public struct OrderStore: Sendable {
         return nil
     }
 
-    /// Answers when the database does.
-    public func ping() async throws {
-        _ = try await client.query("SELECT 1", logger: logger).collect()
+    /// Answers when the database does, within `limit`.
+    public func ping(within limit: Duration) async throws {
+        try await bounded(by: limit) { _ = try await client.query("SELECT 1", logger: logger).collect() }
     }
 }
 

@@ -42,16 +42,24 @@ final class PostgresCluster: @unchecked Sendable {
     var dataPath: String { directory.appendingPathComponent("data").path }
 
     func start() throws {
-        try asPostgres("pg_ctl", ["-D", dataPath, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "30", "start"])
+        try pgCtl(["start", "-D", dataPath, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "30"])
     }
 
     func stop() throws {
-        try asPostgres("pg_ctl", ["-D", dataPath, "-m", "fast", "-w", "stop"])
+        try pgCtl(["stop", "-D", dataPath, "-m", "fast", "-w"])
     }
 
     func destroy() {
-        try? asPostgres("pg_ctl", ["-D", dataPath, "-m", "immediate", "-w", "stop"])
+        try? pgCtl(["stop", "-D", dataPath, "-m", "immediate", "-w"])
         try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// pg_ctl through scripts/test-pg-ctl.sh, which closes the descriptors Foundation's Process
+    /// shares with its child: a server started beneath would keep them and hang waitUntilExit.
+    private func pgCtl(_ arguments: [String]) throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/test-pg-ctl.sh")
+        try Self.run("/bin/bash", [script.path] + arguments)
     }
 
     deinit { destroy() }

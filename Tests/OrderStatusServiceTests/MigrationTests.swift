@@ -1,0 +1,92 @@
+import Foundation
+import PostgresNIO
+import Testing
+@testable import OrderStatusService
+
+@Suite("Migrations", .timeLimit(.minutes(5)))
+struct MigrationTests {
+    /// Runs `order-status ARGS` to its end and returns its exit status and output.
+    static func runCommand(_ arguments: [String], databaseURL: String) async throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = try ServiceProcess.executable
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["DATABASE_URL"] = databaseURL
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = try await withDeadline(.seconds(60), "order-status \(arguments.joined(separator: " "))") {
+            pipe.fileHandleForReading.readDataToEndOfFile()
+        }
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    static func appliedMigrations(_ databaseURL: String) async throws -> [String] {
+        let url = try DatabaseURL(databaseURL)
+        let connection = try await PostgresConnection.connect(configuration: try url.connectionConfiguration(), id: 1, logger: testLogger)
+        var names: [String] = []
+        for try await name in try await connection.query("SELECT name FROM schema_migrations ORDER BY name", logger: testLogger).decode(String.self) {
+            names.append(name)
+        }
+        try await connection.close()
+        return names
+    }
+
+    static var migrationFiles: [String] {
+        get throws {
+            try FileManager.default.contentsOfDirectory(atPath: Configuration.defaultMigrationsDirectory.path)
+                .filter { $0.hasSuffix(".sql") }.sorted()
+        }
+    }
+
+    @Test func migrateAppliesEachFileOnceAndAgainIsANoOp() async throws {
+        let database = try await TestDatabase.createFresh()
+        let first = try await Self.runCommand(["migrate"], databaseURL: database)
+        #expect(first.status == 0, "\(first.output)")
+        #expect(first.output.contains("applied"))
+        let second = try await Self.runCommand(["migrate"], databaseURL: database)
+        #expect(second.status == 0, "\(second.output)")
+        #expect(second.output.contains("nothing to apply"))
+        #expect(try await Self.appliedMigrations(database) == (try Self.migrationFiles))
+    }
+
+    @Test func twoProcessesMigratingAtOnceBothSucceed() async throws {
+        for _ in 0..<3 {
+            let database = try await TestDatabase.createFresh()
+            async let a = Self.runCommand(["migrate"], databaseURL: database)
+            async let b = Self.runCommand(["migrate"], databaseURL: database)
+            let (first, second) = try await (a, b)
+            #expect(first.status == 0, "\(first.output)")
+            #expect(second.status == 0, "\(second.output)")
+            // Exactly one of them applied the files; the other waited on the lock and found none left.
+            #expect([first.output, second.output].filter { $0.contains("nothing to apply") }.count == 1)
+            #expect(try await Self.appliedMigrations(database) == (try Self.migrationFiles))
+        }
+    }
+
+    @Test func badConfigurationStopsStartupWithAOneLineMessage() async throws {
+        let result = try await Self.runCommand(["serve", "--port", "http"], databaseURL: TestDatabase.url)
+        #expect(result.status != 0)
+        #expect(result.output.contains("PORT must be an integer"), "\(result.output)")
+        let badURL = try await Self.runCommand(["migrate"], databaseURL: "mysql://nope")
+        #expect(badURL.status != 0)
+        #expect(badURL.output.contains("DATABASE_URL"), "\(badURL.output)")
+    }
+
+    @Test func sqlScriptSplitsStatementsButNotInsideQuotesOrBodies() {
+        let script = """
+            -- a comment; with a semicolon
+            CREATE TABLE a (x text DEFAULT 'semi;colon');
+            /* block; comment */ CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;
+            SELECT "odd;name" FROM a;
+            """
+        let statements = SQLScript.statements(in: script)
+        #expect(statements.count == 3)
+        #expect(statements[0].contains("'semi;colon'"))
+        #expect(statements[1].contains("SELECT 1; $body$"))
+        #expect(statements[2].contains("\"odd;name\""))
+    }
+}

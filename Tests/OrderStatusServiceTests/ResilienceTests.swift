@@ -1,0 +1,144 @@
+import Foundation
+import PostgresNIO
+import Testing
+@testable import OrderStatusService
+
+/// Faults of the database and the processes: every subscriber still gets every event once, in order.
+@Suite("Resilience", .timeLimit(.minutes(5)))
+struct ResilienceTests {
+    static let walk = ["paid", "processing", "shipped", "delivered"]
+
+    /// Opens a stream on each order and returns them after each has its first event.
+    static func openStreams(_ service: TestService, _ orders: [String]) async throws -> [SSEConnection] {
+        var streams: [SSEConnection] = []
+        for id in orders {
+            let stream = try await SSEConnection.open(service, orderID: id)
+            _ = try await stream.events(1)
+            streams.append(stream)
+        }
+        return streams
+    }
+
+    /// Reads every stream to its end and checks it got exactly the order's events after the first.
+    static func expectExactDelivery(_ streams: [SSEConnection], _ orders: [String], _ service: TestService) async throws {
+        for (stream, id) in zip(streams, orders) {
+            let received = try await stream.readToEnd(within: .seconds(20)).map(\.id)
+            let expected = Array(try await service.eventIDs(of: id).dropFirst())
+            #expect(received == expected, "order \(id): received \(received), expected \(expected)")
+        }
+    }
+
+    /// Changes an order, retrying while the database is away (503) until it answers.
+    static func changeRetrying(_ service: TestService, _ id: String, to status: String) async throws {
+        for _ in 0..<400 {
+            if let response = try? await service.changeStatus(id, to: status) {
+                if response.status == 200 { return }
+                guard response.status == 503 || response.status == 500 else {
+                    throw TestFailure("changing \(id) to \(status) answered \(response.status): \(response.body)")
+                }
+                // A 500 here can only be a change that committed while its connection died: check.
+                if let order = try? await service.get("/orders/\(id)").json, order["status"] as? String == status { return }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestFailure("changing \(id) to \(status) never succeeded")
+    }
+
+    @Test func listenerBackendKilledWhileWritesContinue() async throws {
+        let database = try await TestDatabase.createFresh()
+        let databaseName = try DatabaseURL(database).database
+        try await TestService.with(databaseURL: database) { service in
+            let orders = (0..<8).map { _ in uniqueOrderID("K") }
+            for id in orders { try await service.createOrder(id) }
+            let streams = try await Self.openStreams(service, orders)
+            for status in Self.walk {
+                for id in orders { try await service.changeStatus(id, to: status) }
+                // Kill this database's listener between rounds; the next round's notifications may
+                // arrive while it reconnects, and its catch-up must find them.
+                try await service.waitUntilReady()
+                let killed = try await TestDatabase.admin { connection in
+                    try await connection.query("""
+                        SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                        WHERE application_name = 'order-status-listener' AND datname = \(databaseName)
+                        """, logger: testLogger).collect().first?.decode(Int.self) ?? 0
+                }
+                #expect(killed == 1)
+            }
+            try await Self.expectExactDelivery(streams, orders, service)
+            try await eventually("the listener reconnected") { try await service.metric("order_status_listener_reconnects_total") >= 3 }
+            try await service.waitUntilReady()
+        }
+    }
+
+    @Test func postgresRestartedWhileStreamsAreOpen() async throws {
+        let cluster = try PostgresCluster()
+        defer { cluster.destroy() }
+        try await TestService.with(databaseURL: cluster.url) { service in
+            let orders = (0..<6).map { _ in uniqueOrderID("B") }
+            for id in orders { try await service.createOrder(id) }
+            let streams = try await Self.openStreams(service, orders)
+            for id in orders { try await service.changeStatus(id, to: "paid") }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for status in Self.walk.dropFirst() {
+                        for id in orders { try await Self.changeRetrying(service, id, to: status) }
+                    }
+                }
+                try cluster.stop()
+                let readiness = try await service.get("/readyz")
+                #expect(readiness.status == 503, "not ready while PostgreSQL is down")
+                try cluster.start()
+                try await group.waitForAll()
+            }
+            try await Self.expectExactDelivery(streams, orders, service)
+            try await service.waitUntilReady()
+        }
+    }
+
+    @Test func twoProcessesDeliverEachOthersChanges() async throws {
+        let database = try await TestDatabase.createFresh()
+        let other = try await ServiceProcess(databaseURL: database)
+        defer { other.stop() }
+        try await TestService.with(databaseURL: database) { local in
+            let remote = other.service
+            let orders = (0..<4).map { _ in uniqueOrderID("M") }
+            for id in orders { try await local.createOrder(id) }
+            // Streams on each instance; every change goes through the other one.
+            let onRemote = try await Self.openStreams(remote, orders)
+            let onLocal = try await Self.openStreams(local, orders)
+            let first = try await remote.eventIDs(of: orders[0])[0]
+            async let poll = remote.get("/orders/\(orders[0])/status/poll?after=\(first)&timeout=30")
+            try await eventually("the poll is held") { try await remote.metric("order_status_held_polls") == 1 }
+            for (index, status) in Self.walk.enumerated() {
+                for id in orders { try await (index % 2 == 0 ? local : remote).changeStatus(id, to: status) }
+            }
+            let polled = try await poll.json["events"] as? [[String: Any]]
+            #expect(polled?.first?["status"] as? String == "paid")
+            try await Self.expectExactDelivery(onRemote, orders, remote)
+            try await Self.expectExactDelivery(onLocal, orders, local)
+        }
+    }
+
+    @Test func sigtermEndsOpenStreamsAndTheProcessExits() async throws {
+        let process = try await ServiceProcess(databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5"])
+        defer { process.stop() }
+        let service = process.service
+        let orders = (0..<3).map { _ in uniqueOrderID("G") }
+        for id in orders { try await service.createOrder(id) }
+        let streams = try await Self.openStreams(service, orders)
+        let first = try await service.eventIDs(of: orders[0])[0]
+        async let poll = service.get("/orders/\(orders[0])/status/poll?after=\(first)&timeout=60")
+        try await eventually("the poll is held") { try await service.metric("order_status_held_polls") == 1 }
+        let clock = ContinuousClock()
+        let start = clock.now
+        process.signal(SIGTERM)
+        for stream in streams {
+            #expect(try await stream.readToEnd(within: .seconds(5)).isEmpty)
+        }
+        let answered = try await poll
+        #expect(answered.status == 200, "a held poll is answered at shutdown")
+        let status = try await process.waitForExit(within: .seconds(10))
+        #expect(status == 0, "\(process.log)")
+        #expect(clock.now - start < .seconds(5), "shutdown took \(clock.now - start)")
+    }
+}
