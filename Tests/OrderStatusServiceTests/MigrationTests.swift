@@ -17,10 +17,11 @@ struct MigrationTests {
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
-        let data = try await withDeadline(.seconds(60), "order-status \(arguments.joined(separator: " "))") {
-            pipe.fileHandleForReading.readDataToEndOfFile()
+        let data = try await offThePool {
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return data
         }
-        process.waitUntilExit()
         return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 

@@ -71,7 +71,7 @@ struct ResilienceTests {
     }
 
     @Test func postgresRestartedWhileStreamsAreOpen() async throws {
-        let cluster = try PostgresCluster()
+        let cluster = try await PostgresCluster.start()
         defer { cluster.destroy() }
         try await TestService.with(databaseURL: cluster.url) { service in
             let orders = (0..<6).map { _ in uniqueOrderID("B") }
@@ -84,10 +84,10 @@ struct ResilienceTests {
                         for id in orders { try await Self.changeRetrying(service, id, to: status) }
                     }
                 }
-                try cluster.stop()
+                try await cluster.stop()
                 let readiness = try await service.get("/readyz")
                 #expect(readiness.status == 503, "not ready while PostgreSQL is down")
-                try cluster.start()
+                try await cluster.start()
                 try await group.waitForAll()
             }
             try await Self.expectExactDelivery(streams, orders, service)

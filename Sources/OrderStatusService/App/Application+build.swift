@@ -85,6 +85,7 @@ public func buildServiceGroup(
         logger: logger
     )
     groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownTimeout
-    groupConfiguration.maximumCancellationDuration = .seconds(2)
+    // No bound on cancellation: ServiceLifecycle would crash the process past it.
+    groupConfiguration.maximumCancellationDuration = nil
     return ServiceGroup(configuration: groupConfiguration)
 }

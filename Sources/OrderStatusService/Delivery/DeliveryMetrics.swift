@@ -9,7 +9,7 @@ public struct DeliveryMetrics: Sendable {
     let heldPolls: CoreMetrics.Gauge
     let eventsDelivered: CoreMetrics.Counter
     let listenerReconnects: CoreMetrics.Counter
-    let slowSubscribersDropped: CoreMetrics.Counter
+    let slowStreamsClosed: CoreMetrics.Counter
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -18,7 +18,7 @@ public struct DeliveryMetrics: Sendable {
         self.heldPolls = CoreMetrics.Gauge(label: "order_status_held_polls", factory: factory)
         self.eventsDelivered = CoreMetrics.Counter(label: "order_status_events_delivered_total", factory: factory)
         self.listenerReconnects = CoreMetrics.Counter(label: "order_status_listener_reconnects_total", factory: factory)
-        self.slowSubscribersDropped = CoreMetrics.Counter(label: "order_status_slow_streams_closed_total", factory: factory)
+        self.slowStreamsClosed = CoreMetrics.Counter(label: "order_status_slow_streams_closed_total", factory: factory)
         openStreams.record(0)
         heldPolls.record(0)
     }

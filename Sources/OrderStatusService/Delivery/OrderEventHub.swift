@@ -29,6 +29,8 @@ public actor OrderEventHub: Service {
 
     /// Events read per query; a longer backlog is read in further pages.
     static let pageSize = 1000
+    /// Events a long poll answers with at most.
+    static let pollBatchLimit = 100
 
     final class StreamSubscriber {
         var position: Int64
@@ -239,33 +241,42 @@ public actor OrderEventHub: Service {
         var delivered = 0
         for (id, subscriber) in entry.streams {
             for event in events where event.id > subscriber.position {
-                switch subscriber.mailbox.yield(event.frame) {
-                case .enqueued:
-                    subscriber.position = event.id
-                    subscriber.lastWrite = now
-                    delivered += 1
-                    if event.isTerminal { unsubscribe(from: orderID, id: id) }
-                case .dropped:
-                    // The client stopped reading: end its stream; it resumes with Last-Event-ID.
-                    metrics.slowSubscribersDropped.increment()
-                    logger.notice("closing a stream that stopped reading", metadata: ["order": "\(orderID)"])
+                guard offer(event.frame, to: subscriber, id: id, of: orderID, now: now) else { break }
+                subscriber.position = event.id
+                delivered += 1
+                if event.isTerminal {
                     unsubscribe(from: orderID, id: id)
-                case .terminated:
-                    unsubscribe(from: orderID, id: id)
-                @unknown default:
-                    unsubscribe(from: orderID, id: id)
+                    break
                 }
-                if entry.streams[id] == nil { break }
             }
         }
         for (id, poll) in entry.polls {
-            let batch = events.lazy.filter { $0.id > poll.position }.prefix(100)
+            let batch = events.lazy.filter { $0.id > poll.position }.prefix(Self.pollBatchLimit)
             guard !batch.isEmpty else { continue }
             poll.mailbox.yield(Array(batch))
             delivered += batch.count
             releasePoll(on: orderID, id: id)
         }
         if delivered > 0 { metrics.eventsDelivered.increment(by: Int64(delivered)) }
+    }
+
+    /// Queues a frame for a stream. A stream whose queue is full has stopped reading: it is closed
+    /// (the client resumes with Last-Event-ID) rather than let it hold memory or slow the others.
+    private func offer(_ frame: ByteBuffer, to subscriber: StreamSubscriber, id: Int, of orderID: OrderID, now: ContinuousClock.Instant) -> Bool {
+        switch subscriber.mailbox.yield(frame) {
+        case .enqueued:
+            subscriber.lastWrite = now
+            return true
+        case .dropped:
+            metrics.slowStreamsClosed.increment()
+            logger.notice("closing a stream that stopped reading", metadata: ["order": "\(orderID)"])
+        case .terminated:
+            break
+        @unknown default:
+            break
+        }
+        unsubscribe(from: orderID, id: id)
+        return false
     }
 
     /// One timer for every stream: each tick writes a heartbeat to the streams that have been quiet
@@ -275,11 +286,9 @@ public actor OrderEventHub: Service {
         let tick = max(interval / 4, .milliseconds(10))
         while (try? await Task.sleep(for: tick)) != nil {
             let now = clock.now
-            for entry in orders.values {
-                for subscriber in entry.streams.values where now - subscriber.lastWrite >= interval {
-                    if case .enqueued = subscriber.mailbox.yield(SSEFrame.heartbeat) {
-                        subscriber.lastWrite = now
-                    }
+            for (orderID, entry) in orders {
+                for (id, subscriber) in entry.streams where now - subscriber.lastWrite >= interval {
+                    _ = offer(SSEFrame.heartbeat, to: subscriber, id: id, of: orderID, now: now)
                 }
             }
         }

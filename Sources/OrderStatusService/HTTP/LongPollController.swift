@@ -4,8 +4,6 @@ import NIOCore
 /// `GET /orders/{id}/status/poll`: answers at once when there is news, else holds the request on
 /// the hub (no database polling) until an event commits or the timeout passes.
 struct LongPollController<Context: RequestContext> {
-    static var maximumEvents: Int { 100 }
-
     let store: OrderStore
     let hub: OrderEventHub
 
@@ -21,7 +19,7 @@ struct LongPollController<Context: RequestContext> {
             guard let latest = try await store.latestEvent(of: id) else { throw Problem.orderNotFound(id.rawValue) }
             return body(id, events: [ByteBuffer(string: latest.json)], lastEventID: latest.id, terminal: latest.isTerminal)
         }
-        guard let page = try await store.events(of: id, after: after, limit: Self.maximumEvents) else {
+        guard let page = try await store.events(of: id, after: after, limit: OrderEventHub.pollBatchLimit) else {
             throw Problem.orderNotFound(id.rawValue)
         }
         if let last = page.events.last {

@@ -15,7 +15,12 @@ final class PostgresCluster: @unchecked Sendable {
         return versions.compactMap(Int.init).max().map { "\(root)/\($0)/bin" }
     }
 
-    init() throws {
+    /// Creates and starts a cluster, off the concurrency pool.
+    static func start() async throws -> PostgresCluster {
+        try await offThePool { try PostgresCluster() }
+    }
+
+    private init() throws {
         guard let bin = Self.binDirectory else { throw TestFailure("no PostgreSQL server binaries found") }
         binDirectory = bin
         directory = URL(fileURLWithPath: "/tmp").appendingPathComponent("order-status-cluster-\(UUID().uuidString.prefix(8))")
@@ -36,17 +41,21 @@ final class PostgresCluster: @unchecked Sendable {
         try handle.seekToEnd()
         try handle.write(contentsOf: Data(("\n" + settings + "\n").utf8))
         try handle.close()
-        try start()
+        try startNow()
     }
 
     var dataPath: String { directory.appendingPathComponent("data").path }
 
-    func start() throws {
-        try pgCtl(["start", "-D", dataPath, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "30"])
+    func start() async throws {
+        try await offThePool { try self.startNow() }
     }
 
-    func stop() throws {
-        try pgCtl(["stop", "-D", dataPath, "-m", "fast", "-w"])
+    func stop() async throws {
+        try await offThePool { try self.pgCtl(["stop", "-D", self.dataPath, "-m", "fast", "-w"]) }
+    }
+
+    private func startNow() throws {
+        try pgCtl(["start", "-D", dataPath, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "30"])
     }
 
     func destroy() {

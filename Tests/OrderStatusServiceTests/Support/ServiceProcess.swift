@@ -71,11 +71,9 @@ final class ServiceProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// Kills the process if it still runs; never waits on it, so it cannot block the test's threads.
     func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         try? FileManager.default.removeItem(at: logURL)
     }
 

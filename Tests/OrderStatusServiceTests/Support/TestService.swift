@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import OrderStatusService
 import PostgresNIO
 import ServiceLifecycle
@@ -88,8 +89,11 @@ struct TestService: Sendable {
             do {
                 try await service.waitUntilReady()
                 let result = try await body(service)
+                let stopping = ContinuousClock.now
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
+                let took = ContinuousClock.now - stopping
+                if took > .seconds(2) { testLogger.warning("graceful shutdown took \(took)") }
                 return result
             } catch {
                 await group.triggerGracefulShutdown()
@@ -127,6 +131,13 @@ func withDeadline<T: Sendable>(_ limit: Duration, _ what: String = "operation", 
         group.cancelAll()
         return result
     }
+}
+
+/// Runs blocking work (a child process, a pipe read) on NIO's blocking-work threads. On the
+/// concurrency pool, or on Dispatch's global queues which share its threads on Linux, it would hold
+/// one of two threads on this machine and could stall the service under test.
+func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await NIOThreadPool.singleton.runIfActive(work)
 }
 
 /// Waits until `condition` holds, checking every 20 ms, for state that announces no event (a gauge).

@@ -1,0 +1,59 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import OrderStatusService
+
+/// The hub on its own, with the real store and listener but no HTTP, to reach states a socket
+/// client cannot easily produce, such as a subscriber that never reads.
+@Suite("Order event hub", .timeLimit(.minutes(2)))
+struct HubTests {
+    static func withParts(_ settings: [String: String], _ body: @Sendable (ServiceParts) async throws -> Void) async throws {
+        var values = ["DATABASE_URL": TestDatabase.url]
+        values.merge(settings) { $1 }
+        let configuration = try Configuration(values: values)
+        let parts = try ServiceParts(configuration: configuration, logger: testLogger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await parts.postgres.run() }
+            group.addTask { await parts.listener.run() }
+            group.addTask { await parts.hub.run() }
+            try await Migrator(directory: configuration.migrationsDirectory, logger: testLogger).migrate(client: parts.postgres)
+            try await eventually("the listener is connected") { await parts.listener.isListening }
+            do {
+                try await body(parts)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    @Test func aStreamThatStopsReadingIsClosedWithoutSlowingTheOthers() async throws {
+        try await Self.withParts(["STREAM_BUFFER_FRAMES": "2"]) { parts in
+            let (order, created) = try await parts.store.create(NewOrder(id: OrderID(uniqueOrderID("Q"))!))
+            let (stalled, stalledMailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(2))
+            let (reading, readingMailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(2))
+            _ = await parts.hub.subscribe(to: order.id, after: created.id, mailbox: stalledMailbox)
+            _ = await parts.hub.subscribe(to: order.id, after: created.id, mailbox: readingMailbox)
+            async let readerFrames = withDeadline(.seconds(10), "the reader's frames") {
+                var frames: [String] = []
+                for await frame in reading { frames.append(String(buffer: frame)) }
+                return frames
+            }
+            for status in [OrderStatus.paid, .processing, .shipped, .delivered] {
+                _ = try await parts.store.changeStatus(of: order.id, to: StatusChange(status: status), allowedVersions: nil)
+            }
+            // The reader got every change, in order, and its stream ended after the terminal one.
+            let frames = try await readerFrames
+            let ids = try await parts.store.events(of: order.id, after: created.id, limit: 10)?.events.map(\.id) ?? []
+            #expect(ids.count == 4)
+            #expect(frames.map { $0.split(separator: "\n")[0] } == ids.map { "id: \($0)"[...] })
+            #expect(parts.metrics.registry.emitToString().contains("order_status_slow_streams_closed_total 1"))
+            // The stalled stream keeps what fitted (two frames), then ends: its client resumes from there.
+            var stalledFrames: [String] = []
+            for await frame in stalled { stalledFrames.append(String(buffer: frame)) }
+            #expect(stalledFrames.count == 2)
+            #expect(stalledFrames.allSatisfy { $0.contains("event: order-status") })
+        }
+    }
+}
