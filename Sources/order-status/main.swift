@@ -12,7 +12,11 @@ struct SettingsOptions: ParsableArguments {
     @Option(help: "Idle seconds before an SSE heartbeat (default 15)  [env: HEARTBEAT_SECONDS]") var heartbeatSeconds: String?
     @Option(help: "SSE retry: value in ms (default 3000)  [env: SSE_RETRY_MS]") var sseRetryMs: String?
     @Option(help: "Folder of .sql migrations  [env: MIGRATIONS_DIR]") var migrationsDir: String?
+    @Option(help: "Jitter of each stream's retry:, percent (default 20)  [env: SSE_RETRY_JITTER_PERCENT]") var sseRetryJitterPercent: String?
     @Option(help: "Bound on graceful shutdown, seconds (default 10)  [env: SHUTDOWN_TIMEOUT_SECONDS]") var shutdownTimeoutSeconds: String?
+    @Option(help: "Window over which shutdown ends streams, seconds (default 2)  [env: SHUTDOWN_SPREAD_SECONDS]") var shutdownSpreadSeconds: String?
+    @Option(help: "Idle connection timeout, seconds (default 60)  [env: REQUEST_IDLE_TIMEOUT_SECONDS]") var requestIdleTimeoutSeconds: String?
+    @Option(help: "Comma-separated origins allowed cross-origin access  [env: CORS_ALLOWED_ORIGINS]") var corsAllowedOrigins: String?
     @Option(help: "Frames queued for a slow stream before it is closed (default 256)  [env: STREAM_BUFFER_FRAMES]") var streamBufferFrames: String?
     @Option(help: "Open streams per instance before 503 (default 20000)  [env: MAX_STREAMS]") var maxStreams: String?
     @Option(help: "Held polls per instance before 503 (default 20000)  [env: MAX_POLLS]") var maxPolls: String?
@@ -25,7 +29,9 @@ struct SettingsOptions: ParsableArguments {
         var values = ProcessInfo.processInfo.environment
         let flags: [String: String?] = [
             "DATABASE_URL": databaseUrl, "HOST": host, "PORT": port, "HEARTBEAT_SECONDS": heartbeatSeconds,
-            "SSE_RETRY_MS": sseRetryMs, "MIGRATIONS_DIR": migrationsDir, "SHUTDOWN_TIMEOUT_SECONDS": shutdownTimeoutSeconds,
+            "SSE_RETRY_MS": sseRetryMs, "SSE_RETRY_JITTER_PERCENT": sseRetryJitterPercent, "MIGRATIONS_DIR": migrationsDir,
+            "SHUTDOWN_TIMEOUT_SECONDS": shutdownTimeoutSeconds, "SHUTDOWN_SPREAD_SECONDS": shutdownSpreadSeconds,
+            "REQUEST_IDLE_TIMEOUT_SECONDS": requestIdleTimeoutSeconds, "CORS_ALLOWED_ORIGINS": corsAllowedOrigins,
             "STREAM_BUFFER_FRAMES": streamBufferFrames, "MAX_STREAMS": maxStreams, "MAX_POLLS": maxPolls,
             "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds, "LOG_LEVEL": logLevel,
         ]

@@ -120,10 +120,10 @@ struct ResilienceTests {
     }
 
     @Test func sigtermEndsOpenStreamsAndTheProcessExits() async throws {
-        let process = try await ServiceProcess(databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5"])
+        let process = try await ServiceProcess(databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5", "SHUTDOWN_SPREAD_SECONDS": "1"])
         defer { process.stop() }
         let service = process.service
-        let orders = (0..<3).map { _ in uniqueOrderID("G") }
+        let orders = (0..<10).map { _ in uniqueOrderID("G") }
         for id in orders { try await service.createOrder(id) }
         let streams = try await Self.openStreams(service, orders)
         let first = try await service.eventIDs(of: orders[0])[0]
@@ -132,9 +132,19 @@ struct ResilienceTests {
         let clock = ContinuousClock()
         let start = clock.now
         process.signal(SIGTERM)
-        for stream in streams {
-            #expect(try await stream.readToEnd(within: .seconds(5)).isEmpty)
+        // Streams end spread over the 1 s window, not all at once, so clients do not return together.
+        let endings = try await withThrowingTaskGroup(of: Duration.self) { group in
+            for stream in streams {
+                group.addTask {
+                    let events = try await stream.readToEnd(within: .seconds(5))
+                    #expect(events.isEmpty)
+                    return clock.now - start
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }.sorted()
         }
+        #expect(endings.last! - endings.first! >= .milliseconds(500), "stream endings: \(endings)")
+        #expect(endings.last! < .seconds(3), "stream endings: \(endings)")
         let answered = try await poll
         #expect(answered.status == 200, "a held poll is answered at shutdown")
         let status = try await process.waitForExit(within: .seconds(10))

@@ -1,4 +1,5 @@
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import PostgresNIO
@@ -23,7 +24,8 @@ public struct ServiceParts: Sendable {
                 heartbeatInterval: configuration.heartbeatInterval,
                 streamBufferCapacity: configuration.streamBufferFrames,
                 maximumStreams: configuration.maximumStreams,
-                maximumPolls: configuration.maximumPolls
+                maximumPolls: configuration.maximumPolls,
+                shutdownSpread: configuration.shutdownSpread
             ),
             metrics: metrics,
             logger: logger
@@ -45,19 +47,29 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let router = Router(context: BasicRequestContext.self)
+    if !configuration.corsAllowedOrigins.isEmpty {
+        router.add(middleware: CORSAllowList(origins: Set(configuration.corsAllowedOrigins)))
+    }
     router.add(middleware: ProblemMiddleware())
     OrderController(store: parts.store).addRoutes(to: router.group("orders"))
     LongPollController(store: parts.store, hub: parts.hub).addRoutes(to: router.group("orders"))
     EventStreamController(
         store: parts.store,
         hub: parts.hub,
-        retryMilliseconds: configuration.sseRetryMilliseconds,
+        retry: .init(milliseconds: configuration.sseRetryMilliseconds, jitterPercent: configuration.sseRetryJitterPercent),
         bufferCapacity: configuration.streamBufferFrames
     ).addRoutes(to: router)
     HealthController(store: parts.store, listener: parts.listener, metrics: parts.metrics).addRoutes(to: router)
 
+    // Headers are capped well below NIO's 80 KiB default; the idle timeout closes connections that
+    // hold no request (nor a stream: a response in flight keeps its connection).
+    let http1 = HTTP1Channel.Configuration(
+        idleTimeout: .nanoseconds(Int64(configuration.requestIdleTimeout / .nanoseconds(1))),
+        httpDecoderConfiguration: .init(maxHeaderFieldSize: 8 * 1024, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
+    )
     var app = Application(
         router: router,
+        server: .http1(configuration: http1),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "order-status"),
         onServerRunning: onServerRunning,
         logger: logger

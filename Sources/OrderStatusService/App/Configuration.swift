@@ -19,6 +19,10 @@ public struct Configuration: Sendable {
     public var maximumPolls: Int = 20_000
     public var databasePoolSize: Int = 20
     public var databaseTimeout: Duration = .seconds(5)
+    public var sseRetryJitterPercent: Int = 20
+    public var shutdownSpread: Duration = .seconds(2)
+    public var requestIdleTimeout: Duration = .seconds(60)
+    public var corsAllowedOrigins: [String] = []
     public var logLevel: Logger.Level = .info
 
     public init(database: DatabaseURL) {
@@ -33,7 +37,11 @@ public struct Configuration: Sendable {
         ("HEARTBEAT_SECONDS", "heartbeat-seconds", "idle seconds before an SSE heartbeat comment (default 15)"),
         ("SSE_RETRY_MS", "sse-retry-ms", "the SSE retry: value in milliseconds (default 3000)"),
         ("MIGRATIONS_DIR", "migrations-dir", "folder of numbered .sql migrations (default: the repository's sql/)"),
+        ("SSE_RETRY_JITTER_PERCENT", "sse-retry-jitter-percent", "each stream's retry: varies by up to this share (default 20)"),
         ("SHUTDOWN_TIMEOUT_SECONDS", "shutdown-timeout-seconds", "bound on graceful shutdown (default 10)"),
+        ("SHUTDOWN_SPREAD_SECONDS", "shutdown-spread-seconds", "window over which shutdown ends open streams (default 2)"),
+        ("REQUEST_IDLE_TIMEOUT_SECONDS", "request-idle-timeout-seconds", "a connection with no request in flight for this long is closed (default 60)"),
+        ("CORS_ALLOWED_ORIGINS", "cors-allowed-origins", "comma-separated origins allowed cross-origin access (default none)"),
         ("STREAM_BUFFER_FRAMES", "stream-buffer-frames", "frames queued for a slow stream before it is closed (default 256)"),
         ("MAX_STREAMS", "max-streams", "open SSE streams per instance before 503 (default 20000)"),
         ("MAX_POLLS", "max-polls", "held long polls per instance before 503 (default 20000)"),
@@ -79,6 +87,20 @@ public struct Configuration: Sendable {
             self.migrationsDirectory = URL(fileURLWithPath: directory)
         }
         if let timeout = try seconds("SHUTDOWN_TIMEOUT_SECONDS") { self.shutdownTimeout = timeout }
+        if let jitter = try integer("SSE_RETRY_JITTER_PERCENT", in: 0...90) { self.sseRetryJitterPercent = jitter }
+        if let text = value("SHUTDOWN_SPREAD_SECONDS") {
+            guard let number = Double(text), number >= 0, number <= 3600 else {
+                throw ConfigurationError("SHUTDOWN_SPREAD_SECONDS must be a number of seconds from 0, not '\(text)'")
+            }
+            self.shutdownSpread = .milliseconds(Int64(number * 1000))
+        }
+        guard shutdownSpread < shutdownTimeout else {
+            throw ConfigurationError("SHUTDOWN_SPREAD_SECONDS must be shorter than SHUTDOWN_TIMEOUT_SECONDS")
+        }
+        if let idle = try seconds("REQUEST_IDLE_TIMEOUT_SECONDS") { self.requestIdleTimeout = idle }
+        if let origins = value("CORS_ALLOWED_ORIGINS") {
+            self.corsAllowedOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
         if let frames = try integer("STREAM_BUFFER_FRAMES", in: 1...1_000_000) { self.streamBufferFrames = frames }
         if let streams = try integer("MAX_STREAMS", in: 1...10_000_000) { self.maximumStreams = streams }
         if let polls = try integer("MAX_POLLS", in: 1...10_000_000) { self.maximumPolls = polls }

@@ -15,12 +15,16 @@ public actor OrderEventHub: Service {
         public var streamBufferCapacity: Int
         public var maximumStreams: Int
         public var maximumPolls: Int
+        /// Shutdown ends streams spread over this window, so their clients do not all reconnect at once.
+        public var shutdownSpread: Duration
 
-        public init(heartbeatInterval: Duration = .seconds(15), streamBufferCapacity: Int = 256, maximumStreams: Int = 20_000, maximumPolls: Int = 20_000) {
+        public init(heartbeatInterval: Duration = .seconds(15), streamBufferCapacity: Int = 256, maximumStreams: Int = 20_000,
+                    maximumPolls: Int = 20_000, shutdownSpread: Duration = .seconds(2)) {
             self.heartbeatInterval = heartbeatInterval
             self.streamBufferCapacity = streamBufferCapacity
             self.maximumStreams = maximumStreams
             self.maximumPolls = maximumPolls
+            self.shutdownSpread = shutdownSpread
         }
     }
 
@@ -109,7 +113,7 @@ public actor OrderEventHub: Service {
         } onGracefulShutdown: {
             self.wakeupSource.finish()
         }
-        closeAllSubscribers()
+        await closeAllSubscribers()
     }
 
     // MARK: Admission
@@ -294,16 +298,22 @@ public actor OrderEventHub: Service {
         }
     }
 
-    private func closeAllSubscribers() {
+    /// Answers every held poll at once, then ends the streams in even slices over the shutdown
+    /// spread. New subscribers are refused from the start.
+    private func closeAllSubscribers() async {
         isShuttingDown = true
-        for entry in orders.values {
-            for subscriber in entry.streams.values { subscriber.mailbox.finish() }
-            for poll in entry.polls.values { poll.mailbox.finish() }
+        for (orderID, entry) in orders {
+            for id in entry.polls.keys { releasePoll(on: orderID, id: id) }
+        }
+        let streams = orders.flatMap { orderID, entry in entry.streams.keys.map { (orderID, $0) } }
+        let slices = max(1, min(streams.count, 20))
+        let pause = configuration.shutdownSpread / slices
+        for (index, (orderID, id)) in streams.enumerated() {
+            if index > 0, index % max(1, streams.count / slices) == 0 {
+                try? await Task.sleep(for: pause)
+            }
+            unsubscribe(from: orderID, id: id)
         }
         orders.removeAll()
-        streamCount = 0
-        pollCount = 0
-        metrics.openStreams.record(0)
-        metrics.heldPolls.record(0)
     }
 }

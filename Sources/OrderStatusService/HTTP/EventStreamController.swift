@@ -6,8 +6,20 @@ import NIOCore
 struct EventStreamController<Context: RequestContext> {
     let store: OrderStore
     let hub: OrderEventHub
-    let retryMilliseconds: Int
+    let retry: RetryInterval
     let bufferCapacity: Int
+
+    /// The `retry:` each stream is told, varied per connection so that clients dropped together
+    /// (a restart, a network blip) do not all come back in the same instant.
+    struct RetryInterval {
+        var milliseconds: Int
+        var jitterPercent: Int
+
+        func next() -> Int {
+            let spread = milliseconds * jitterPercent / 100
+            return milliseconds + Int.random(in: -spread...spread)
+        }
+    }
 
     func addRoutes(to router: Router<Context>) {
         router.get("/events/order-status/:id", use: stream)
@@ -44,7 +56,7 @@ struct EventStreamController<Context: RequestContext> {
         let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(bufferCapacity))
         // A client that goes away finishes the mailbox at once, which ends the loop below.
         try await request.body.consumeWithInboundCloseHandler { _ in
-            try await writer.write(SSEFrame.retry(milliseconds: retryMilliseconds))
+            try await writer.write(SSEFrame.retry(milliseconds: retry.next()))
             var position = start
             var page = replay
             // Replay writes straight to the socket, page by page, so a long history needs no buffer.

@@ -25,7 +25,7 @@ final class ServiceProcess: @unchecked Sendable {
     /// Starts `order-status serve` on a free port and waits until it is ready.
     init(databaseURL: String, settings: [String: String] = [:], arguments: [String] = ["serve"]) async throws {
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("order-status-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
         process.executableURL = try Self.executable
         process.arguments = arguments

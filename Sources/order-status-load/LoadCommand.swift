@@ -10,7 +10,7 @@ struct LoadCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "order-status-load",
         abstract: "Measures an order-status service.",
-        subcommands: [Latency.self]
+        subcommands: [Latency.self, Soak.self]
     )
 }
 

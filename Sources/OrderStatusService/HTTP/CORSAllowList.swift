@@ -1,0 +1,27 @@
+import Hummingbird
+
+/// Cross-origin access for the origins an operator lists, and for no other. Off unless
+/// `CORS_ALLOWED_ORIGINS` names some: a browser page elsewhere then cannot read orders.
+struct CORSAllowList<Context: RequestContext>: RouterMiddleware {
+    let origins: Set<String>
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let origin = request.headers[.origin], origins.contains(origin) else {
+            return try await next(request, context)
+        }
+        if request.method == .options {
+            return Response(status: .noContent, headers: [
+                .accessControlAllowOrigin: origin,
+                .accessControlAllowMethods: "GET, POST, OPTIONS",
+                .accessControlAllowHeaders: "Content-Type, If-Match, Last-Event-ID",
+                .accessControlMaxAge: "600",
+                .vary: "Origin",
+            ])
+        }
+        var response = try await next(request, context)
+        response.headers[.accessControlAllowOrigin] = origin
+        response.headers[.accessControlExposeHeaders] = "ETag, Location, Retry-After"
+        response.headers[values: .vary].append("Origin")
+        return response
+    }
+}

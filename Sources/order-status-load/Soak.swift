@@ -1,0 +1,184 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+
+/// A bounded soak: streams that churn (close and resume with Last-Event-ID), steady writes walking
+/// orders to a terminal status, and long polls. Every minute it prints the server's RSS, its open
+/// streams, and delivered versus expected; at the end it checks that every subscriber saw exactly
+/// its order's events, in order, and that the server's gauges are back to zero.
+struct Soak: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Churn streams, writes and polls for a while; print figures; verify exactness.")
+
+    @Option(help: "Service base URL") var url = "http://127.0.0.1:8080"
+    @Option(help: "The server's process id, to read its RSS from /proc") var serverPid: Int32?
+    @Option(help: "Seconds to run") var seconds = 60
+    @Option(help: "Concurrent subscribers (each follows one order at a time)") var streams = 200
+    @Option(help: "Concurrent long pollers") var pollers = 20
+    @Option(help: "Status changes per second across all orders") var writesPerSecond = 50
+
+    static let walk = ["paid", "processing", "shipped", "delivered"]
+
+    func run() async throws {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 10_000)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let tally = Tally()
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        let baseline = try await serverFigures(client)
+        print("start: rss \(rssText()), open streams \(baseline.streams), held polls \(baseline.polls)")
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<streams {
+                    group.addTask { try await self.subscriberLoop(client, worker: worker, until: deadline, tally: tally) }
+                }
+                for worker in 0..<pollers {
+                    group.addTask { try await self.pollerLoop(client, worker: worker, until: deadline, tally: tally) }
+                }
+                group.addTask { try await self.report(client, until: deadline, tally: tally) }
+                try await group.waitForAll()
+            }
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+        // Give the server a moment to notice the last closes before reading its gauges.
+        var end = try await serverFigures(client)
+        for _ in 0..<50 where end.streams != baseline.streams || end.polls != baseline.polls {
+            try await Task.sleep(for: .milliseconds(100))
+            end = try await serverFigures(client)
+        }
+        let totals = await tally.totals
+        print("end: rss \(rssText()), open streams \(end.streams) (baseline \(baseline.streams)), held polls \(end.polls) (baseline \(baseline.polls))")
+        print("orders \(totals.orders), events expected \(totals.expected), delivered \(totals.delivered), lost \(totals.lost), duplicated \(totals.duplicated), reordered \(totals.reordered), reconnects \(totals.reconnects), polls \(totals.polls)")
+        try await client.shutdown()
+        let exact = totals.lost == 0 && totals.duplicated == 0 && totals.reordered == 0 && totals.delivered == totals.expected
+        let baselineRestored = end.streams == baseline.streams && end.polls == baseline.polls
+        print("soak: \(exact && baselineRestored ? "PASSED" : "FAILED") (exact delivery: \(exact), gauges back to baseline: \(baselineRestored))")
+        if !(exact && baselineRestored) { throw ExitCode.failure }
+    }
+
+    /// One subscriber: creates an order, follows it while it is walked to `delivered`, dropping and
+    /// resuming its stream halfway, then checks what it got against the table.
+    private func subscriberLoop(_ client: HTTPClient, worker: Int, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+        let pace = Duration.seconds(Double(streams) / Double(max(writesPerSecond, 1)))
+        var round = 0
+        while ContinuousClock.now < deadline {
+            round += 1
+            let id = "soak-\(worker)-\(round)-\(UInt32.random(in: 0...UInt32.max))"
+            _ = try await request(client, "POST", "/orders", #"{"id":"\#(id)"}"#)
+            var received: [Int64] = []
+            var stream = try await open(client, id, after: nil)
+            received.append(try await stream.nextEventID())
+            for (step, status) in Self.walk.enumerated() {
+                try await Task.sleep(for: pace * Double.random(in: 0.5...1.5))
+                _ = try await request(client, "POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#)
+                if step == 1 {
+                    // Churn: drop the connection and resume from the last id seen.
+                    stream = try await open(client, id, after: received.last!)
+                    await tally.reconnected()
+                }
+                received.append(try await stream.nextEventID())
+            }
+            let expected = try await eventIDs(client, id)
+            await tally.record(expected: expected, received: received)
+        }
+    }
+
+    private func pollerLoop(_ client: HTTPClient, worker: Int, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+        let id = "soak-poll-\(worker)-\(UInt32.random(in: 0...UInt32.max))"
+        _ = try await request(client, "POST", "/orders", #"{"id":"\#(id)"}"#)
+        var after = try await eventIDs(client, id).last!
+        var received: [Int64] = []
+        async let writer: Void = {
+            for status in Self.walk {
+                try await Task.sleep(for: .seconds(Double(seconds) / Double(Self.walk.count + 1)))
+                _ = try await request(client, "POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#)
+            }
+        }()
+        while ContinuousClock.now < deadline, received.count < Self.walk.count {
+            let body = try await request(client, "GET", "/orders/\(id)/status/poll?after=\(after)&timeout=5", nil)
+            let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] ?? [:]
+            for event in object["events"] as? [[String: Any]] ?? [] {
+                if let eventID = event["id"] as? Int { received.append(Int64(eventID)) }
+            }
+            after = Int64(object["lastEventId"] as? Int ?? Int(after))
+            await tally.polled()
+        }
+        try await writer
+        let expected = Array(try await eventIDs(client, id).dropFirst())
+        await tally.record(expected: expected, received: received)
+    }
+
+    private func report(_ client: HTTPClient, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+        var minute = 0
+        while ContinuousClock.now < deadline {
+            try await Task.sleep(until: min(deadline, ContinuousClock.now + .seconds(60)))
+            minute += 1
+            let figures = try await serverFigures(client)
+            let totals = await tally.totals
+            print("minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)")
+        }
+    }
+
+    private func open(_ client: HTTPClient, _ id: String, after lastEventID: Int64?) async throws -> SSEFrameReader {
+        var request = HTTPClientRequest(url: "\(url)/events/order-status/\(id)")
+        if let lastEventID { request.headers.add(name: "Last-Event-ID", value: "\(lastEventID)") }
+        let response = try await client.execute(request, timeout: .seconds(120))
+        guard response.status.code == 200 else { throw ValidationError("stream for \(id) answered \(response.status.code)") }
+        return SSEFrameReader(response.body.makeAsyncIterator())
+    }
+
+    private func eventIDs(_ client: HTTPClient, _ id: String) async throws -> [Int64] {
+        let body = try await request(client, "GET", "/orders/\(id)/events", nil)
+        let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
+        return (object?["events"] as? [[String: Any]] ?? []).compactMap { ($0["id"] as? Int).map(Int64.init) }
+    }
+
+    private func request(_ client: HTTPClient, _ method: String, _ path: String, _ body: String?) async throws -> ByteBuffer {
+        var request = HTTPClientRequest(url: url + path)
+        request.method = .RAW(value: method)
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await client.execute(request, timeout: .seconds(120))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        guard (200..<300).contains(response.status.code) else {
+            throw ValidationError("\(method) \(path) answered \(response.status.code): \(String(buffer: bytes))")
+        }
+        return bytes
+    }
+
+    private func serverFigures(_ client: HTTPClient) async throws -> (streams: Int, polls: Int) {
+        let text = String(buffer: try await request(client, "GET", "/metrics", nil))
+        func value(_ name: String) -> Int {
+            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) }.map(Int.init) ?? -1
+        }
+        return (value("order_status_open_streams"), value("order_status_held_polls"))
+    }
+
+    private func rssText() -> String {
+        guard let serverPid, let status = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+        else { return "n/a" }
+        return line.dropFirst("VmRSS:".count).trimmingCharacters(in: .whitespaces)
+    }
+}
+
+/// What the subscribers saw, compared with what the table holds.
+actor Tally {
+    struct Totals {
+        var orders = 0, expected = 0, delivered = 0, lost = 0, duplicated = 0, reordered = 0, reconnects = 0, polls = 0
+    }
+    private(set) var totals = Totals()
+
+    func record(expected: [Int64], received: [Int64]) {
+        totals.orders += 1
+        totals.expected += expected.count
+        totals.delivered += received.count
+        totals.lost += Set(expected).subtracting(received).count
+        totals.duplicated += received.count - Set(received).count
+        if received != received.sorted() { totals.reordered += 1 }
+    }
+
+    func reconnected() { totals.reconnects += 1 }
+    func polled() { totals.polls += 1 }
+}
