@@ -82,9 +82,18 @@ swift build --build-tests || { summary "FAILED: swift build --build-tests"; exit
 
 status=0
 swift test "$@" || status=$?
-if [[ $status == 0 ]]; then
-    summary "PASSED: swift test${*:+ $*}"
-else
+if [[ $status != 0 ]]; then
     summary "FAILED: swift test${*:+ $*} exited with $status"
+    exit "$status"
 fi
-exit "$status"
+summary "PASSED: swift test${*:+ $*}"
+
+# With no arguments this is the whole suite: the contract checked by schemathesis against the
+# live service, and a one-minute soak, run on the binaries just built.
+if [[ $# == 0 ]]; then
+    if [[ -x scripts/schemathesis.sh ]]; then
+        bash scripts/schemathesis.sh || { summary "FAILED: schemathesis"; exit 1; }
+    fi
+    bash scripts/soak.sh "${SOAK_SECONDS:-60}" || { summary "FAILED: soak"; exit 1; }
+    summary "PASSED: swift test, schemathesis and the soak"
+fi
