@@ -20,12 +20,10 @@ struct Soak: AsyncParsableCommand {
     static let walk = ["paid", "processing", "shipped", "delivered"]
 
     func run() async throws {
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 10_000)
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let client = ServiceClient.make(url: url)
         let tally = Tally()
         let deadline = ContinuousClock.now + .seconds(seconds)
-        let baseline = try await serverFigures(client)
+        let baseline = try await client.gauges()
         print("start: rss \(rssText()), open streams \(baseline.streams), held polls \(baseline.polls)")
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -43,10 +41,10 @@ struct Soak: AsyncParsableCommand {
             throw error
         }
         // Give the server a moment to notice the last closes before reading its gauges.
-        var end = try await serverFigures(client)
+        var end = try await client.gauges()
         for _ in 0..<50 where end.streams != baseline.streams || end.polls != baseline.polls {
             try await Task.sleep(for: .milliseconds(100))
-            end = try await serverFigures(client)
+            end = try await client.gauges()
         }
         let totals = await tally.totals
         print("end: rss \(rssText()), open streams \(end.streams) (baseline \(baseline.streams)), held polls \(end.polls) (baseline \(baseline.polls))")
@@ -60,45 +58,44 @@ struct Soak: AsyncParsableCommand {
 
     /// One subscriber: creates an order, follows it while it is walked to `delivered`, dropping and
     /// resuming its stream halfway, then checks what it got against the table.
-    private func subscriberLoop(_ client: HTTPClient, worker: Int, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+    private func subscriberLoop(_ client: ServiceClient, worker: Int, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
         let pace = Duration.seconds(Double(streams) / Double(max(writesPerSecond, 1)))
         var round = 0
         while ContinuousClock.now < deadline {
             round += 1
             let id = "soak-\(worker)-\(round)-\(UInt32.random(in: 0...UInt32.max))"
-            _ = try await request(client, "POST", "/orders", #"{"id":"\#(id)"}"#)
+            try await client.send("POST", "/orders", #"{"id":"\#(id)"}"#)
             var received: [Int64] = []
-            var stream = try await open(client, id, after: nil)
+            var stream = try await client.openStream(id)
             received.append(try await stream.nextEventID())
             for (step, status) in Self.walk.enumerated() {
                 try await Task.sleep(for: pace * Double.random(in: 0.5...1.5))
-                _ = try await request(client, "POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#)
+                try await client.send("POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#)
                 if step == 1 {
                     // Churn: drop the connection and resume from the last id seen.
-                    stream = try await open(client, id, after: received.last!)
+                    stream = try await client.openStream(id, after: received.last!)
                     await tally.reconnected()
                 }
                 received.append(try await stream.nextEventID())
             }
-            let expected = try await eventIDs(client, id)
+            let expected = try await client.eventIDs(id)
             await tally.record(expected: expected, received: received)
         }
     }
 
-    private func pollerLoop(_ client: HTTPClient, worker: Int, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+    private func pollerLoop(_ client: ServiceClient, worker: Int, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
         let id = "soak-poll-\(worker)-\(UInt32.random(in: 0...UInt32.max))"
-        _ = try await request(client, "POST", "/orders", #"{"id":"\#(id)"}"#)
-        var after = try await eventIDs(client, id).last!
+        try await client.send("POST", "/orders", #"{"id":"\#(id)"}"#)
+        var after = try await client.eventIDs(id).last!
         var received: [Int64] = []
         async let writer: Void = {
             for status in Self.walk {
                 try await Task.sleep(for: .seconds(Double(seconds) / Double(Self.walk.count + 1)))
-                _ = try await request(client, "POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#)
+                try await client.send("POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#)
             }
         }()
         while ContinuousClock.now < deadline, received.count < Self.walk.count {
-            let body = try await request(client, "GET", "/orders/\(id)/status/poll?after=\(after)&timeout=5", nil)
-            let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] ?? [:]
+            let object = try await client.json("GET", "/orders/\(id)/status/poll?after=\(after)&timeout=5")
             for event in object["events"] as? [[String: Any]] ?? [] {
                 if let eventID = event["id"] as? Int { received.append(Int64(eventID)) }
             }
@@ -106,53 +103,19 @@ struct Soak: AsyncParsableCommand {
             await tally.polled()
         }
         try await writer
-        let expected = Array(try await eventIDs(client, id).dropFirst())
+        let expected = Array(try await client.eventIDs(id).dropFirst())
         await tally.record(expected: expected, received: received)
     }
 
-    private func report(_ client: HTTPClient, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+    private func report(_ client: ServiceClient, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
         var minute = 0
         while ContinuousClock.now < deadline {
             try await Task.sleep(until: min(deadline, ContinuousClock.now + .seconds(60)))
             minute += 1
-            let figures = try await serverFigures(client)
+            let figures = try await client.gauges()
             let totals = await tally.totals
             print("minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)")
         }
-    }
-
-    private func open(_ client: HTTPClient, _ id: String, after lastEventID: Int64?) async throws -> SSEFrameReader {
-        var request = HTTPClientRequest(url: "\(url)/events/order-status/\(id)")
-        if let lastEventID { request.headers.add(name: "Last-Event-ID", value: "\(lastEventID)") }
-        let response = try await client.execute(request, timeout: .seconds(120))
-        guard response.status.code == 200 else { throw ValidationError("stream for \(id) answered \(response.status.code)") }
-        return SSEFrameReader(response.body.makeAsyncIterator())
-    }
-
-    private func eventIDs(_ client: HTTPClient, _ id: String) async throws -> [Int64] {
-        let body = try await request(client, "GET", "/orders/\(id)/events", nil)
-        let object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
-        return (object?["events"] as? [[String: Any]] ?? []).compactMap { ($0["id"] as? Int).map(Int64.init) }
-    }
-
-    private func request(_ client: HTTPClient, _ method: String, _ path: String, _ body: String?) async throws -> ByteBuffer {
-        var request = HTTPClientRequest(url: url + path)
-        request.method = .RAW(value: method)
-        if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await client.execute(request, timeout: .seconds(120))
-        let bytes = try await response.body.collect(upTo: 1 << 20)
-        guard (200..<300).contains(response.status.code) else {
-            throw ValidationError("\(method) \(path) answered \(response.status.code): \(String(buffer: bytes))")
-        }
-        return bytes
-    }
-
-    private func serverFigures(_ client: HTTPClient) async throws -> (streams: Int, polls: Int) {
-        let text = String(buffer: try await request(client, "GET", "/metrics", nil))
-        func value(_ name: String) -> Int {
-            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) }.map(Int.init) ?? -1
-        }
-        return (value("order_status_open_streams"), value("order_status_held_polls"))
     }
 
     private func rssText() -> String {

@@ -56,11 +56,9 @@ struct OperationsTests {
 
     @Test func idleConnectionsAreClosedAndOversizedHeadersRefused() async throws {
         try await TestService.with(settings: ["REQUEST_IDLE_TIMEOUT_SECONDS": "1"]) { service in
-            let clock = ContinuousClock()
-            let start = clock.now
+            // Without the 1 s idle timeout the server would keep this connection for a minute.
             let silent = try await RawConnection.open(port: service.port)
-            #expect(try await silent.readUntilClosed(within: .seconds(5)).isEmpty)
-            #expect(clock.now - start < .seconds(4))
+            #expect(try await silent.readUntilClosed(within: .seconds(10)).isEmpty)
 
             let big = try await RawConnection.open(port: service.port)
             try await big.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 64 * 1024))\r\n\r\n")

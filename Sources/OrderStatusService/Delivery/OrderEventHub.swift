@@ -188,11 +188,12 @@ public actor OrderEventHub: Service {
     }
 
     /// The order's entry, scheduling a read when the new subscriber may have missed an event: the
-    /// entry is new (notifications for an order nobody watched were ignored) or the hub has already
-    /// read past the subscriber's position.
+    /// entry is new (notifications for an order nobody watched were ignored), the hub has read past
+    /// the subscriber's position or does not know how far it has read, or a read is under way that
+    /// started above the position. Reads start at the lowest position, so the newcomer is covered.
     private func entry(for orderID: OrderID, registeringAfter position: Int64) -> OrderSubscribers {
         if let entry = orders[orderID] {
-            if let fetched = entry.fetchedUpTo, fetched > position { requestRead(of: orderID, entry) }
+            if entry.isFetching || (entry.fetchedUpTo ?? .max) > position { requestRead(of: orderID, entry) }
             return entry
         }
         let entry = OrderSubscribers()

@@ -32,7 +32,8 @@ final class SSEConnection: @unchecked Sendable {
     static func open(_ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "") async throws -> SSEConnection {
         var request = HTTPClientRequest(url: service.baseURL + "/events/order-status/\(orderID)" + query)
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: lastEventID) }
-        let response = try await testHTTPClient.execute(request, timeout: .seconds(600))
+        // A deadline on the whole exchange: a read that never ends fails the test instead of hanging it.
+        let response = try await testHTTPClient.execute(request, timeout: .seconds(90))
         return SSEConnection(status: Int(response.status.code), headers: response.headers, iterator: response.body.makeAsyncIterator())
     }
 
@@ -75,7 +76,11 @@ final class SSEConnection: @unchecked Sendable {
 
     private func readChunk(within limit: Duration) async throws -> ByteBuffer? {
         guard let box else { throw TestFailure("the connection is closed") }
-        return try await withDeadline(limit, "reading the SSE stream") { try await box.next() }
+        do {
+            return try await withDeadline(limit, "reading the SSE stream") { try await box.next() }
+        } catch {
+            throw TestFailure("\(error); received so far:\n\(raw)")
+        }
     }
 
     private static func parse(_ block: String) throws -> SSEItem {
