@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import Testing
 @testable import OrderStatusService
 
@@ -99,6 +100,23 @@ struct BadInputTests {
             }
             try Self.expectProblem(try await service.get("/orders/unknown-\(id)/status/poll"), 404)
             try Self.expectProblem(try await service.get("/no/such/route"), 404)
+        }
+    }
+
+    @Test func otherMethodsAre405WithAllow() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID()
+            try await service.createOrder(id)
+            for (method, path, allow) in [(HTTPMethod.GET, "/orders", "POST"), (.DELETE, "/orders/\(id)", "GET"), (.PUT, "/orders/\(id)/status", "POST"),
+                                          (.TRACE, "/healthz", "GET"), (.PATCH, "/events/order-status/\(id)", "GET")] {
+                let response = try await service.request(method, path)
+                try Self.expectProblem(response, 405, "\(method) \(path)")
+                #expect(response.headers.first(name: "allow")?.hasPrefix(allow) == true, "\(method) \(path)")
+            }
+            let options = try await service.request(.OPTIONS, "/orders/\(id)/status")
+            #expect(options.status == 204)
+            #expect(options.headers.first(name: "allow") == "POST, OPTIONS")
+            #expect(try await service.request(.HEAD, "/orders/\(id)").status == 405)
         }
     }
 }

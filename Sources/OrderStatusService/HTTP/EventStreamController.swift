@@ -22,7 +22,7 @@ struct EventStreamController<Context: RequestContext> {
     }
 
     func addRoutes(to router: Router<Context>) {
-        router.get("/events/order-status/:id", use: stream)
+        router.get("/events/order-status/:id", use: stream).allow([.get], on: "/events/order-status/:id")
     }
 
     @Sendable func stream(_ request: Request, context: Context) async throws -> Response {

@@ -9,9 +9,9 @@ struct HealthController<Context: RequestContext> {
     let metrics: DeliveryMetrics
 
     func addRoutes(to router: Router<Context>) {
-        router.get("/healthz", use: healthz)
-        router.get("/readyz", use: readyz)
-        router.get("/metrics", use: prometheusText)
+        router.get("/healthz", use: healthz).allow([.get], on: "/healthz")
+        router.get("/readyz", use: readyz).allow([.get], on: "/readyz")
+        router.get("/metrics", use: prometheusText).allow([.get], on: "/metrics")
     }
 
     @Sendable func healthz(_ request: Request, context: Context) async throws -> Response {

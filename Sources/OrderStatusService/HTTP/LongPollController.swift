@@ -8,7 +8,7 @@ struct LongPollController<Context: RequestContext> {
     let hub: OrderEventHub
 
     func addRoutes(to group: RouterGroup<Context>) {
-        group.get(":id/status/poll", use: poll)
+        group.get(":id/status/poll", use: poll).allow([.get], on: ":id/status/poll")
     }
 
     @Sendable func poll(_ request: Request, context: Context) async throws -> Response {

@@ -6,10 +6,10 @@ struct OrderController<Context: RequestContext> {
     let store: OrderStore
 
     func addRoutes(to group: RouterGroup<Context>) {
-        group.post(use: create)
-        group.get(":id", use: get)
-        group.post(":id/status", use: changeStatus)
-        group.get(":id/events", use: events)
+        group.post(use: create).allow([.post])
+        group.get(":id", use: get).allow([.get], on: ":id")
+        group.post(":id/status", use: changeStatus).allow([.post], on: ":id/status")
+        group.get(":id/events", use: events).allow([.get], on: ":id/events")
     }
 
     @Sendable func create(_ request: Request, context: Context) async throws -> Response {
