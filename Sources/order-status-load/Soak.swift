@@ -16,6 +16,7 @@ struct Soak: AsyncParsableCommand {
     @Option(help: "Concurrent subscribers (each follows one order at a time)") var streams = 200
     @Option(help: "Concurrent long pollers") var pollers = 20
     @Option(help: "Status changes per second across all orders") var writesPerSecond = 50
+    @Option(help: "Clients that open a stream and never read it") var stalled = 20
 
     static let walk = ["paid", "processing", "shipped", "delivered"]
 
@@ -25,6 +26,9 @@ struct Soak: AsyncParsableCommand {
         let deadline = ContinuousClock.now + .seconds(seconds)
         let baseline = try await client.gauges()
         print("start: rss \(rssText()), open streams \(baseline.streams), held polls \(baseline.polls)")
+        // Stalled clients sit on orders that the writers change too: the hub must neither wait for
+        // them nor let them hold memory without bound.
+        let stalledClients = try await openStalledClients(client)
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for worker in 0..<streams {
@@ -40,6 +44,7 @@ struct Soak: AsyncParsableCommand {
             try? await client.shutdown()
             throw error
         }
+        stalledClients.forEach { close($0) }
         // Give the server a moment to notice the last closes before reading its gauges.
         var end = try await client.gauges()
         for _ in 0..<50 where end.streams != baseline.streams || end.polls != baseline.polls {
@@ -116,6 +121,31 @@ struct Soak: AsyncParsableCommand {
             let totals = await tally.totals
             print("minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)")
         }
+    }
+
+    /// Each stalled client follows an order that is then walked to its end while the client reads
+    /// nothing; the socket stays open until the soak ends.
+    private func openStalledClients(_ client: ServiceClient) async throws -> [Int32] {
+        guard stalled > 0, let components = URLComponents(string: url), let port = components.port else { return [] }
+        var sockets: [Int32] = []
+        for index in 0..<stalled {
+            let id = "soak-stalled-\(index)-\(UInt32.random(in: 0...UInt32.max))"
+            try await client.send("POST", "/orders", #"{"id":"\#(id)"}"#)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr(components.host ?? "127.0.0.1")
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            guard connected else { throw ValidationError("stalled client \(index) could not connect") }
+            let request = Array("GET /events/order-status/\(id) HTTP/1.1\r\nHost: soak\r\n\r\n".utf8)
+            _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            sockets.append(fd)
+            for status in Self.walk.prefix(3) { try await client.send("POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#) }
+        }
+        return sockets
     }
 
     private func rssText() -> String {

@@ -22,6 +22,8 @@ struct SettingsOptions: ParsableArguments {
     @Option(help: "Held polls per instance before 503 (default 20000)  [env: MAX_POLLS]") var maxPolls: String?
     @Option(help: "Request pool connections (default 20)  [env: DATABASE_POOL_SIZE]") var databasePoolSize: String?
     @Option(help: "Bound on one database operation, seconds (default 5)  [env: DATABASE_TIMEOUT_SECONDS]") var databaseTimeoutSeconds: String?
+    @Option(help: "How often the LISTEN connection is checked, seconds (default 10)  [env: LISTENER_PING_SECONDS]") var listenerPingSeconds: String?
+    @Option(help: "Unanswered check closes it after, seconds (default 5)  [env: LISTENER_PING_TIMEOUT_SECONDS]") var listenerPingTimeoutSeconds: String?
     @Option(help: "Log level (default info)  [env: LOG_LEVEL]") var logLevel: String?
 
     /// The environment with every given flag laid over it, read into a `Configuration`.
@@ -33,7 +35,8 @@ struct SettingsOptions: ParsableArguments {
             "SHUTDOWN_TIMEOUT_SECONDS": shutdownTimeoutSeconds, "SHUTDOWN_SPREAD_SECONDS": shutdownSpreadSeconds,
             "REQUEST_IDLE_TIMEOUT_SECONDS": requestIdleTimeoutSeconds, "CORS_ALLOWED_ORIGINS": corsAllowedOrigins,
             "STREAM_BUFFER_FRAMES": streamBufferFrames, "MAX_STREAMS": maxStreams, "MAX_POLLS": maxPolls,
-            "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds, "LOG_LEVEL": logLevel,
+            "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds,
+            "LISTENER_PING_SECONDS": listenerPingSeconds, "LISTENER_PING_TIMEOUT_SECONDS": listenerPingTimeoutSeconds, "LOG_LEVEL": logLevel,
         ]
         for case let (name, value?) in flags { values[name] = value }
         do {

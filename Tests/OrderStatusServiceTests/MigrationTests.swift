@@ -7,22 +7,12 @@ import Testing
 struct MigrationTests {
     /// Runs `order-status ARGS` to its end and returns its exit status and output.
     static func runCommand(_ arguments: [String], databaseURL: String) async throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = try ServiceProcess.executable
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["DATABASE_URL"] = databaseURL
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = try await offThePool {
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return data
+        var values = ProcessInfo.processInfo.environment
+        values["DATABASE_URL"] = databaseURL
+        let environment = values
+        return try await withDeadline(.seconds(60), "order-status \(arguments.joined(separator: " "))") {
+            try await ChildProcess.run(try ServiceProcess.executable, arguments, environment: environment)
         }
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     static func appliedMigrations(_ databaseURL: String) async throws -> [String] {

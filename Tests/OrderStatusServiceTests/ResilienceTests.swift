@@ -71,10 +71,39 @@ struct ResilienceTests {
         }
     }
 
+    /// A backend that hangs without closing its socket (here: stopped with SIGSTOP) sends no error;
+    /// only the ping notices. The listener must close it, reconnect and catch up.
+    @Test func hungListenerBackendIsFoundByThePing() async throws {
+        let database = try await TestDatabase.createFresh()
+        let databaseName = try DatabaseURL(database).database
+        try await TestService.with(databaseURL: database, settings: ["LISTENER_PING_SECONDS": "0.3", "LISTENER_PING_TIMEOUT_SECONDS": "0.5"]) { service in
+            let id = uniqueOrderID("W")
+            try await service.createOrder(id)
+            let stream = try await SSEConnection.open(service, orderID: id)
+            _ = try await stream.events(1)
+            let pid = try await TestDatabase.admin { connection in
+                try await connection.query("""
+                    SELECT pid FROM pg_stat_activity WHERE application_name = 'order-status-listener' AND datname = \(databaseName)
+                    """, logger: testLogger).collect().first?.decode(Int32.self)
+            }
+            let backend = try #require(pid)
+            kill(backend, SIGSTOP)
+            defer {
+                kill(backend, SIGCONT)
+                kill(backend, SIGTERM)
+            }
+            // While the hung backend holds the old LISTEN, this change's notification goes nowhere.
+            try await service.changeStatus(id, to: "paid")
+            try await eventually("the listener reconnected") { try await service.metric("order_status_listener_reconnects_total") >= 1 }
+            // The catch-up after the new LISTEN delivers it; later changes arrive live.
+            try await service.changeStatus(id, to: "delivered")
+            let received = try await stream.readToEnd(within: .seconds(10)).map(\.id)
+            #expect(received == Array(try await service.eventIDs(of: id).dropFirst()))
+        }
+    }
+
     @Test func postgresRestartedWhileStreamsAreOpen() async throws {
-        let cluster = try await PostgresCluster.start()
-        defer { cluster.destroy() }
-        try await TestService.with(databaseURL: cluster.url) { service in
+        try await PostgresCluster.with { cluster in try await TestService.with(databaseURL: cluster.url) { service in
             let orders = (0..<6).map { _ in uniqueOrderID("B") }
             for id in orders { try await service.createOrder(id) }
             let streams = try await Self.openStreams(service, orders)
@@ -93,7 +122,7 @@ struct ResilienceTests {
             }
             try await Self.expectExactDelivery(streams, orders, service)
             try await service.waitUntilReady()
-        }
+        } }
     }
 
     @Test func twoProcessesDeliverEachOthersChanges() async throws {

@@ -31,7 +31,11 @@ public struct ServiceParts: Sendable {
             logger: logger
         )
         listener = NotificationListener(
-            configuration: .init(connection: try configuration.database.connectionConfiguration()),
+            configuration: .init(
+                connection: try configuration.database.connectionConfiguration(),
+                pingInterval: configuration.listenerPingInterval,
+                pingTimeout: configuration.listenerPingTimeout
+            ),
             hub: hub,
             metrics: metrics,
             logger: logger

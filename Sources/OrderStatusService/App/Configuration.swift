@@ -23,6 +23,8 @@ public struct Configuration: Sendable {
     public var shutdownSpread: Duration = .seconds(2)
     public var requestIdleTimeout: Duration = .seconds(60)
     public var corsAllowedOrigins: [String] = []
+    public var listenerPingInterval: Duration = .seconds(10)
+    public var listenerPingTimeout: Duration = .seconds(5)
     public var logLevel: Logger.Level = .info
 
     public init(database: DatabaseURL) {
@@ -47,6 +49,8 @@ public struct Configuration: Sendable {
         ("MAX_POLLS", "max-polls", "held long polls per instance before 503 (default 20000)"),
         ("DATABASE_POOL_SIZE", "database-pool-size", "connections in the request pool (default 20)"),
         ("DATABASE_TIMEOUT_SECONDS", "database-timeout-seconds", "bound on one database operation before 503 (default 5)"),
+        ("LISTENER_PING_SECONDS", "listener-ping-seconds", "how often the LISTEN connection is checked (default 10)"),
+        ("LISTENER_PING_TIMEOUT_SECONDS", "listener-ping-timeout-seconds", "an unanswered check closes that connection after this (default 5)"),
         ("LOG_LEVEL", "log-level", "trace, debug, info, notice, warning, error or critical (default info)"),
     ]
 
@@ -106,6 +110,8 @@ public struct Configuration: Sendable {
         if let polls = try integer("MAX_POLLS", in: 1...10_000_000) { self.maximumPolls = polls }
         if let pool = try integer("DATABASE_POOL_SIZE", in: 1...1000) { self.databasePoolSize = pool }
         if let timeout = try seconds("DATABASE_TIMEOUT_SECONDS") { self.databaseTimeout = timeout }
+        if let interval = try seconds("LISTENER_PING_SECONDS") { self.listenerPingInterval = interval }
+        if let timeout = try seconds("LISTENER_PING_TIMEOUT_SECONDS") { self.listenerPingTimeout = timeout }
         if let level = value("LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
                 throw ConfigurationError("LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, not '\(level)'")

@@ -22,16 +22,7 @@ public struct OrderStore: Sendable {
 
     /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`.
     func bounded<T: Sendable>(by limit: Duration? = nil, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-        let limit = limit ?? timeout
-        return try await withThrowingTaskGroup(of: T.self) { group in
-            group.addTask { try await operation() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                throw DatabaseTimeout()
-            }
-            defer { group.cancelAll() }
-            return try await group.next()!
-        }
+        try await DatabaseDeadline.run(within: limit ?? timeout, operation)
     }
 
     /// Creates an order and its first event. Throws `OrderStoreError.orderExists` for a taken id.

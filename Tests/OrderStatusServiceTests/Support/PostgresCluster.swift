@@ -2,11 +2,12 @@ import Foundation
 
 /// A PostgreSQL server of a test's own, for tests that stop or restart the database and must not
 /// disturb the rest of the suite. Run as the `postgres` user, as the server refuses root.
-final class PostgresCluster: @unchecked Sendable {
+final class PostgresCluster: Sendable {
     let directory: URL
     let port: Int
     let binDirectory: String
     var url: String { "postgres://postgres@127.0.0.1:\(port)/postgres" }
+    var dataPath: String { directory.appendingPathComponent("data").path }
 
     static var binDirectory: String? {
         if let dir = ProcessInfo.processInfo.environment["ORDER_STATUS_TEST_PGBIN"], !dir.isEmpty { return dir }
@@ -15,84 +16,74 @@ final class PostgresCluster: @unchecked Sendable {
         return versions.compactMap(Int.init).max().map { "\(root)/\($0)/bin" }
     }
 
-    /// Creates and starts a cluster, off the concurrency pool.
-    static func start() async throws -> PostgresCluster {
-        try await offThePool { try PostgresCluster() }
+    private init(binDirectory: String, port: Int) {
+        self.binDirectory = binDirectory
+        self.port = port
+        directory = URL(fileURLWithPath: "/tmp").appendingPathComponent("order-status-cluster-\(UUID().uuidString.prefix(8))")
     }
 
-    private init() throws {
-        guard let bin = Self.binDirectory else { throw TestFailure("no PostgreSQL server binaries found") }
-        binDirectory = bin
-        directory = URL(fileURLWithPath: "/tmp").appendingPathComponent("order-status-cluster-\(UUID().uuidString.prefix(8))")
-        port = try Self.freePort()
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try Self.run("/bin/chown", ["postgres", directory.path])
-        try asPostgres("initdb", ["-D", dataPath, "--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
+    /// Creates a cluster in a fresh folder under /tmp and starts it.
+    static func start() async throws -> PostgresCluster {
+        guard let bin = binDirectory else { throw TestFailure("no PostgreSQL server binaries found") }
+        let cluster = PostgresCluster(binDirectory: bin, port: try freePort())
+        try FileManager.default.createDirectory(at: cluster.directory, withIntermediateDirectories: true)
+        try await run("/bin/chown", ["postgres", cluster.directory.path])
+        try await run("/usr/sbin/runuser", ["-u", "postgres", "--", "\(bin)/initdb", "-D", cluster.dataPath,
+                                            "--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
         let settings = """
+
             listen_addresses = '127.0.0.1'
-            port = \(port)
-            unix_socket_directories = '\(directory.path)'
+            port = \(cluster.port)
+            unix_socket_directories = '\(cluster.directory.path)'
             max_connections = 100
             fsync = off
             synchronous_commit = off
+
             """
-        let config = URL(fileURLWithPath: dataPath).appendingPathComponent("postgresql.conf")
-        let handle = try FileHandle(forWritingTo: config)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: cluster.dataPath).appendingPathComponent("postgresql.conf"))
         try handle.seekToEnd()
-        try handle.write(contentsOf: Data(("\n" + settings + "\n").utf8))
+        try handle.write(contentsOf: Data(settings.utf8))
         try handle.close()
-        try startNow()
+        try await cluster.start()
+        return cluster
     }
 
-    var dataPath: String { directory.appendingPathComponent("data").path }
+    /// Runs `body` with a cluster of its own, which is removed afterwards whatever happens.
+    static func with<T: Sendable>(_ body: (PostgresCluster) async throws -> T) async throws -> T {
+        let cluster = try await start()
+        do {
+            let result = try await body(cluster)
+            await cluster.destroy()
+            return result
+        } catch {
+            await cluster.destroy()
+            throw error
+        }
+    }
 
     func start() async throws {
-        try await offThePool { try self.startNow() }
+        try await pgCtl(["start", "-D", dataPath, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "30"])
     }
 
     func stop() async throws {
-        try await offThePool { try self.pgCtl(["stop", "-D", self.dataPath, "-m", "fast", "-w"]) }
+        try await pgCtl(["stop", "-D", dataPath, "-m", "fast", "-w"])
     }
 
-    private func startNow() throws {
-        try pgCtl(["start", "-D", dataPath, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "30"])
-    }
-
-    func destroy() {
-        try? pgCtl(["stop", "-D", dataPath, "-m", "immediate", "-w"])
+    func destroy() async {
+        try? await pgCtl(["stop", "-D", dataPath, "-m", "immediate", "-w"])
         try? FileManager.default.removeItem(at: directory)
     }
 
-    /// pg_ctl through scripts/test-pg-ctl.sh, which closes the descriptors Foundation's Process
-    /// shares with its child: a server started beneath would keep them and hang waitUntilExit.
-    private func pgCtl(_ arguments: [String]) throws {
+    /// pg_ctl through scripts/test-pg-ctl.sh, which runs it as postgres with only stdio inherited.
+    private func pgCtl(_ arguments: [String]) async throws {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/test-pg-ctl.sh")
-        try Self.run("/bin/bash", [script.path] + arguments)
+        try await Self.run("/bin/bash", [script.path] + arguments)
     }
 
-    deinit { destroy() }
-
-    private func asPostgres(_ tool: String, _ arguments: [String]) throws {
-        try Self.run("/usr/sbin/runuser", ["-u", "postgres", "--", "\(binDirectory)/\(tool)"] + arguments)
-    }
-
-    @discardableResult
-    static func run(_ executable: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw TestFailure("\(executable) \(arguments.joined(separator: " ")) failed: \(text)")
-        }
-        return text
+    private static func run(_ executable: String, _ arguments: [String]) async throws {
+        let (status, output) = try await ChildProcess.run(executable, arguments)
+        guard status == 0 else { throw TestFailure("\(executable) \(arguments.joined(separator: " ")) failed: \(output)") }
     }
 
     /// A port nothing listens on now: bind port 0 and read what the kernel chose.
