@@ -21,6 +21,8 @@ struct Soak: AsyncParsableCommand {
     static let walk = ["paid", "processing", "shipped", "delivered"]
 
     func run() async throws {
+        // Line-buffered, so the per-minute figures appear as they happen even when piped to a file.
+        setvbuf(stdout, nil, _IOLBF, 0)
         let client = ServiceClient.make(url: url)
         let tally = Tally()
         let deadline = ContinuousClock.now + .seconds(seconds)
