@@ -21,13 +21,11 @@ struct Soak: AsyncParsableCommand {
     static let walk = ["paid", "processing", "shipped", "delivered"]
 
     func run() async throws {
-        // Line-buffered, so the per-minute figures appear as they happen even when piped to a file.
-        setvbuf(stdout, nil, _IOLBF, 0)
         let client = ServiceClient.make(url: url)
         let tally = Tally()
         let deadline = ContinuousClock.now + .seconds(seconds)
         let baseline = try await client.gauges()
-        print("start: rss \(rssText()), open streams \(baseline.streams), held polls \(baseline.polls)")
+        say("start: rss \(rssText()), open streams \(baseline.streams), held polls \(baseline.polls)")
         // Stalled clients sit on orders that the writers change too: the hub must neither wait for
         // them nor let them hold memory without bound.
         let stalledClients = try await openStalledClients(client)
@@ -54,12 +52,12 @@ struct Soak: AsyncParsableCommand {
             end = try await client.gauges()
         }
         let totals = await tally.totals
-        print("end: rss \(rssText()), open streams \(end.streams) (baseline \(baseline.streams)), held polls \(end.polls) (baseline \(baseline.polls))")
-        print("orders \(totals.orders), events expected \(totals.expected), delivered \(totals.delivered), lost \(totals.lost), duplicated \(totals.duplicated), reordered \(totals.reordered), reconnects \(totals.reconnects), polls \(totals.polls)")
+        say("end: rss \(rssText()), open streams \(end.streams) (baseline \(baseline.streams)), held polls \(end.polls) (baseline \(baseline.polls))")
+        say("orders \(totals.orders), events expected \(totals.expected), delivered \(totals.delivered), lost \(totals.lost), duplicated \(totals.duplicated), reordered \(totals.reordered), reconnects \(totals.reconnects), polls \(totals.polls)")
         try await client.shutdown()
         let exact = totals.lost == 0 && totals.duplicated == 0 && totals.reordered == 0 && totals.delivered == totals.expected
         let baselineRestored = end.streams == baseline.streams && end.polls == baseline.polls
-        print("soak: \(exact && baselineRestored ? "PASSED" : "FAILED") (exact delivery: \(exact), gauges back to baseline: \(baselineRestored))")
+        say("soak: \(exact && baselineRestored ? "PASSED" : "FAILED") (exact delivery: \(exact), gauges back to baseline: \(baselineRestored))")
         if !(exact && baselineRestored) { throw ExitCode.failure }
     }
 
@@ -121,7 +119,7 @@ struct Soak: AsyncParsableCommand {
             minute += 1
             let figures = try await client.gauges()
             let totals = await tally.totals
-            print("minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)")
+            say("minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)")
         }
     }
 
@@ -148,6 +146,12 @@ struct Soak: AsyncParsableCommand {
             for status in Self.walk.prefix(3) { try await client.send("POST", "/orders/\(id)/status", #"{"status":"\#(status)"}"#) }
         }
         return sockets
+    }
+
+    /// Prints and flushes, so the figures appear as they happen even when piped to a file.
+    private func say(_ line: String) {
+        print(line)
+        fflush(nil)
     }
 
     private func rssText() -> String {
