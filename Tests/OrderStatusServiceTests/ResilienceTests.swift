@@ -51,6 +51,14 @@ struct ResilienceTests {
         try await TestService.with(databaseURL: database) { service in
             let orders = (0..<8).map { _ in uniqueOrderID("K") }
             for id in orders { try await service.createOrder(id) }
+            // The contract: the listener's connection runs nothing but LISTEN (its ping included).
+            let listenerQueries = try await TestDatabase.admin { connection in
+                try await connection.query("""
+                    SELECT query FROM pg_stat_activity WHERE application_name = 'order-status-listener' AND datname = \(databaseName)
+                    """, logger: testLogger).collect().map { try $0.decode(String.self) }
+            }
+            #expect(listenerQueries.count == 1)
+            #expect(listenerQueries.allSatisfy { $0.uppercased().hasPrefix("LISTEN") }, "\(listenerQueries)")
             let streams = try await Self.openStreams(service, orders)
             for status in Self.walk {
                 for id in orders { try await service.changeStatus(id, to: status) }
