@@ -73,11 +73,6 @@ public struct Metadata: Sendable, Equatable {
         }
         self.json = text
     }
-
-    public init?(compactJSON: String) {
-        guard let value = try? JSONValue.parse(compactJSON.utf8), (try? Metadata(field: value)) != nil else { return nil }
-        self.json = value.compactText
-    }
 }
 
 /// A request field that is well-formed JSON but not a value the contract accepts (422).

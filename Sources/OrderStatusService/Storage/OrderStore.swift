@@ -142,7 +142,7 @@ public struct OrderStore: Sendable {
     private func eventsNow(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
         let rows = try await client.query(
             """
-            SELECT o.status, o.last_event_id, \(unescaped: SQL.eventColumns("e"))
+            SELECT o.status, \(unescaped: SQL.eventColumns("e"))
             FROM orders o
             LEFT JOIN LATERAL (
                 SELECT * FROM order_events WHERE order_id = o.id AND id > \(after) ORDER BY id LIMIT \(limit)
@@ -154,9 +154,9 @@ public struct OrderStore: Sendable {
         )
         var page: EventPage?
         for try await row in rows {
-            let (status, lastEventID, event) = try SQL.pageRow(row)
+            let (status, event) = try SQL.pageRow(row)
             if page == nil {
-                page = EventPage(orderStatus: try SQL.status(status), lastEventID: lastEventID, events: [])
+                page = EventPage(orderStatus: try SQL.status(status), events: [])
             }
             if event.0 != nil { page?.events.append(try SQL.event(event)) }
         }
@@ -191,7 +191,6 @@ public struct OrderStore: Sendable {
 /// One order's events after a position, with the order's state at the time of the read.
 public struct EventPage: Sendable {
     public var orderStatus: OrderStatus
-    public var lastEventID: Int64
     public var events: [OrderEvent]
 }
 
@@ -237,10 +236,10 @@ enum SQL {
         return (try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6)), try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
     }
 
-    /// An order's status and latest event id, then one of its events or nulls.
-    static func pageRow(_ row: PostgresRow) throws -> (String, Int64, OptionalEventRow) {
-        let c = try row.decode((String, Int64, Int64?, String?, String?, String?, Int?, String?, String?).self)
-        return (c.0, c.1, (c.2, c.3, c.4, c.5, c.6, c.7, c.8))
+    /// An order's status, then one of its events or nulls.
+    static func pageRow(_ row: PostgresRow) throws -> (String, OptionalEventRow) {
+        let c = try row.decode((String, Int64?, String?, String?, String?, Int?, String?, String?).self)
+        return (c.0, (c.1, c.2, c.3, c.4, c.5, c.6, c.7))
     }
 
     static func status(_ text: String) throws -> OrderStatus {
