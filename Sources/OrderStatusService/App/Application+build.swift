@@ -64,6 +64,7 @@ public func buildApplication(
         bufferCapacity: configuration.streamBufferFrames
     ).addRoutes(to: router)
     HealthController(store: parts.store, listener: parts.listener, metrics: parts.metrics).addRoutes(to: router)
+    LivePageController().addRoutes(to: router)
 
     // Headers are capped well below NIO's 80 KiB default; the idle timeout closes connections that
     // hold no request (nor a stream: a response in flight keeps its connection).
