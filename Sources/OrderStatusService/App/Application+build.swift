@@ -55,14 +55,16 @@ public func buildApplication(
         router.add(middleware: CORSAllowList(origins: Set(configuration.corsAllowedOrigins)))
     }
     router.add(middleware: ProblemMiddleware())
-    OrderController(store: parts.store).addRoutes(to: router.group("orders"))
-    LongPollController(store: parts.store, hub: parts.hub).addRoutes(to: router.group("orders"))
+    // Order routes sit behind bearer tokens when keys are configured; health and the page stay public.
+    let authorization = configuration.authorization.map { TokenVerifier(settings: $0) }
+    OrderController(store: parts.store).addRoutes(to: router.group("orders").authorized(by: authorization))
+    LongPollController(store: parts.store, hub: parts.hub).addRoutes(to: router.group("orders").authorized(by: authorization))
     EventStreamController(
         store: parts.store,
         hub: parts.hub,
         retry: .init(milliseconds: configuration.sseRetryMilliseconds, jitterPercent: configuration.sseRetryJitterPercent),
         bufferCapacity: configuration.streamBufferFrames
-    ).addRoutes(to: router)
+    ).addRoutes(to: router.group().authorized(by: authorization))
     HealthController(store: parts.store, listener: parts.listener, metrics: parts.metrics).addRoutes(to: router)
     LivePageController().addRoutes(to: router)
 

@@ -26,6 +26,8 @@ public struct Configuration: Sendable {
     public var listenerPingInterval: Duration = .seconds(10)
     public var listenerPingTimeout: Duration = .seconds(5)
     public var logLevel: Logger.Level = .info
+    /// Bearer-token checks; nil (authorization off) unless a key is configured.
+    public var authorization: AuthorizationSettings?
 
     public init(database: DatabaseURL) {
         self.database = database
@@ -52,7 +54,7 @@ public struct Configuration: Sendable {
         ("LISTENER_PING_SECONDS", "listener-ping-seconds", "how often the LISTEN connection is checked (default 10)"),
         ("LISTENER_PING_TIMEOUT_SECONDS", "listener-ping-timeout-seconds", "an unanswered check closes that connection after this (default 5)"),
         ("LOG_LEVEL", "log-level", "trace, debug, info, notice, warning, error or critical (default info)"),
-    ]
+    ] + AuthorizationSettings.settings
 
     /// Reads the settings from `values`, keyed by environment variable name.
     public init(values: [String: String]) throws(ConfigurationError) {
@@ -118,6 +120,7 @@ public struct Configuration: Sendable {
             }
             self.logLevel = parsed
         }
+        self.authorization = try AuthorizationSettings.read(from: values)
     }
 
     /// `./sql` when run from the repository, else the `sql/` folder of the source tree it was built from.

@@ -13,14 +13,14 @@ struct CORSAllowList<Context: RequestContext>: RouterMiddleware {
             return Response(status: .noContent, headers: [
                 .accessControlAllowOrigin: origin,
                 .accessControlAllowMethods: "GET, POST, OPTIONS",
-                .accessControlAllowHeaders: "Content-Type, If-Match, Last-Event-ID",
+                .accessControlAllowHeaders: "Authorization, Content-Type, If-Match, Last-Event-ID",
                 .accessControlMaxAge: "600",
                 .vary: "Origin",
             ])
         }
         var response = try await next(request, context)
         response.headers[.accessControlAllowOrigin] = origin
-        response.headers[.accessControlExposeHeaders] = "ETag, Location, Retry-After"
+        response.headers[.accessControlExposeHeaders] = "ETag, Location, Retry-After, WWW-Authenticate"
         response.headers[values: .vary].append("Origin")
         return response
     }

@@ -21,7 +21,7 @@ struct EventStreamController<Context: RequestContext> {
         }
     }
 
-    func addRoutes(to router: Router<Context>) {
+    func addRoutes(to router: some RouterMethods<Context>) {
         router.get("/events/order-status/:id", use: stream).allow([.get], on: "/events/order-status/:id")
     }
 

@@ -1,0 +1,77 @@
+import Foundation
+
+/// How bearer tokens are checked. Authorization is on exactly when some key is configured.
+public struct AuthorizationSettings: Sendable {
+    public var keys: TokenKeys
+    /// When set, a token's `iss` must equal it.
+    public var issuer: String?
+    /// When set, a token's `aud` must include it.
+    public var audience: String?
+    /// Accept `?access_token=` on the read routes. Off by default: URLs end up in logs, proxies
+    /// and browser history (RFC 9700 §4.3.2, RFC 6750 §5.3).
+    public var allowQueryToken = false
+
+    public init(keys: TokenKeys, issuer: String? = nil, audience: String? = nil, allowQueryToken: Bool = false) {
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.allowQueryToken = allowQueryToken
+    }
+
+    /// The settings: environment variable, flag, and what the value means.
+    public static let settings: [(variable: String, flag: String, help: String)] = [
+        ("AUTH_HS256_SECRET", "auth-hs256-secret", "HS256 secret (32 bytes or more) that verifies bearer tokens; turns authorization on"),
+        ("AUTH_HS256_SECRET_FILE", "auth-hs256-secret-file", "file holding the HS256 secret (instead of AUTH_HS256_SECRET)"),
+        ("AUTH_PUBLIC_KEYS", "auth-public-keys", "comma-separated PEM files of RSA (RS256) or EC (ES256) public keys; turns authorization on"),
+        ("AUTH_JWKS_FILE", "auth-jwks-file", "a JWKS file of RSA or EC public keys; turns authorization on"),
+        ("AUTH_ISSUER", "auth-issuer", "when set, a token's iss must equal it"),
+        ("AUTH_AUDIENCE", "auth-audience", "when set, a token's aud must include it"),
+        ("AUTH_ALLOW_QUERY_TOKEN", "auth-allow-query-token", "true to accept ?access_token= on the read routes (default false)"),
+    ]
+
+    /// Reads the AUTH_ settings from `values`, keyed by environment variable name; nil when no key
+    /// is configured, which leaves authorization off.
+    public static func read(from values: [String: String]) throws(ConfigurationError) -> AuthorizationSettings? {
+        func value(_ name: String) -> String? {
+            guard let text = values[name]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
+            return text
+        }
+        var keys = TokenKeys()
+        switch (value("AUTH_HS256_SECRET"), value("AUTH_HS256_SECRET_FILE")) {
+        case (.some, .some):
+            throw ConfigurationError("AUTH_HS256_SECRET and AUTH_HS256_SECRET_FILE are both set: give one")
+        case (let secret?, nil):
+            try keys.addHS256(secret: secret, setting: "AUTH_HS256_SECRET")
+        case (nil, let path?):
+            // A trailing newline is what editors and `echo` leave, not part of the secret.
+            let secret = try TokenKeys.read(path, setting: "AUTH_HS256_SECRET_FILE").trimmingCharacters(in: .newlines)
+            try keys.addHS256(secret: secret, setting: "AUTH_HS256_SECRET_FILE")
+        case (nil, nil):
+            break
+        }
+        if let paths = value("AUTH_PUBLIC_KEYS") {
+            for path in paths.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !path.isEmpty {
+                try keys.addPublicKey(pemAt: path, setting: "AUTH_PUBLIC_KEYS")
+            }
+        }
+        if let path = value("AUTH_JWKS_FILE") {
+            try keys.addJWKS(at: path, setting: "AUTH_JWKS_FILE")
+        }
+        var allowQueryToken = false
+        if let text = value("AUTH_ALLOW_QUERY_TOKEN") {
+            switch text.lowercased() {
+            case "true", "1", "yes", "on": allowQueryToken = true
+            case "false", "0", "no", "off": allowQueryToken = false
+            default: throw ConfigurationError("AUTH_ALLOW_QUERY_TOKEN must be true or false, not '\(text)'")
+            }
+        }
+        guard !keys.isEmpty else {
+            // These only mean something with a key; alone they suggest the operator thinks it is on.
+            for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_ALLOW_QUERY_TOKEN"] where value(name) != nil {
+                throw ConfigurationError("\(name) is set but no key is, so authorization would be off: set AUTH_HS256_SECRET, AUTH_PUBLIC_KEYS or AUTH_JWKS_FILE")
+            }
+            return nil
+        }
+        return AuthorizationSettings(keys: keys, issuer: value("AUTH_ISSUER"), audience: value("AUTH_AUDIENCE"), allowQueryToken: allowQueryToken)
+    }
+}
