@@ -129,7 +129,7 @@ enum LivePage {
       const orderSection = byId("order");
       const timeline = byId("timeline");
       const usesEventSource = typeof window.EventSource === "function";
-      byId("transport").textContent = usesEventSource ? "Server-Sent Events" : "long polling (this browser has no EventSource)";
+      byId("transport").textContent = usesEventSource ? "Server-Sent Events" : "long polling (no EventSource here)";
 
       const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
       const dateFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
@@ -289,11 +289,14 @@ enum LivePage {
         current.dataset.status = event.status;
         byId("current-detail").textContent = `version ${event.version} · since ${timeFormat.format(new Date(event.occurredAt))}`;
 
+        // The forward path, visited steps filled and skipped ones dashed; a cancelled or failed
+        // order's path stops at the furthest step it reached, followed by where it stopped.
         const progress = byId("progress");
         progress.replaceChildren();
         const reached = FORWARD_STATUSES.indexOf(event.status);
         const furthestForward = Math.max(reached, ...[...visitedStatuses].map((status) => FORWARD_STATUSES.indexOf(status)));
-        FORWARD_STATUSES.forEach((status, index) => {
+        const shownSteps = reached < 0 ? FORWARD_STATUSES.slice(0, furthestForward + 1) : FORWARD_STATUSES;
+        shownSteps.forEach((status, index) => {
           const step = document.createElement("li");
           step.textContent = status;
           step.className = "step" + (index <= furthestForward ? (visitedStatuses.has(status) ? " step-done" : " step-skipped") : "");
@@ -481,6 +484,7 @@ enum LivePage {
     .step-current { font-weight: 700; color: var(--ink); }
     .step-current::before { box-shadow: 0 0 0 4px rgba(51, 85, 221, .18); }
     .step-stop::before { background: #b42318; border-color: #b42318; box-shadow: 0 0 0 4px rgba(180, 35, 24, .15); }
+    .step-stop::after { background: #b42318 !important; }
     .step-stop { color: #b42318; }
     .banner { margin: 18px 0 4px; padding: 14px 16px; border-radius: 12px; border: 1px solid; }
     .banner-title { font-weight: 700; font-size: 16px; margin-bottom: 2px; }
@@ -492,8 +496,8 @@ enum LivePage {
     .timeline { list-style: none; margin: 0; padding: 0; }
     .timeline-item { display: flex; gap: 14px; position: relative; padding-bottom: 16px; }
     .timeline-item:not(:last-child)::before { content: ""; position: absolute; left: 6px; top: 18px; bottom: 0; width: 2px; background: var(--line); }
-    .marker { flex: none; width: 14px; height: 14px; margin-top: 4px; border-radius: 50%; border: 2px solid; }
-    .timeline-item:first-child .marker { box-shadow: 0 0 0 4px rgba(51, 85, 221, .12); }
+    .marker { flex: none; width: 14px; height: 14px; margin-top: 4px; border-radius: 50%; border: 3px solid var(--paper); background: currentColor; box-shadow: 0 0 0 2px currentColor; }
+    .timeline-item:first-child .marker { width: 16px; height: 16px; margin-top: 3px; margin-left: -1px; margin-right: -1px; }
     .timeline-body { flex: 1; min-width: 0; }
     .headline { display: flex; align-items: center; gap: 10px; }
     .details { display: flex; flex-wrap: wrap; gap: 4px 14px; margin-top: 4px; font-size: 14px; }
