@@ -148,12 +148,6 @@ struct Soak: AsyncParsableCommand {
         return sockets
     }
 
-    /// Prints and flushes, so the figures appear as they happen even when piped to a file.
-    private func say(_ line: String) {
-        print(line)
-        fflush(nil)
-    }
-
     private func rssText() -> String {
         guard let serverPid, let status = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })

@@ -1,0 +1,141 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// Options every benchmark scenario shares.
+struct BenchOptions: ParsableArguments {
+    @Option(help: "Service base URL") var url = "http://127.0.0.1:8080"
+    @Option(help: "The server's process id, to read its RSS from /proc") var serverPid: Int32?
+    @Option(help: "Loopback source addresses to spread connections over (127.0.0.2, 127.0.0.3, ...); 0 uses the default")
+    var sourceAddresses = 8
+    @Option(help: "Connections opened at once while ramping up") var connectConcurrency = 128
+
+    var hostAndPort: (String, Int) {
+        get throws {
+            guard let components = URLComponents(string: url), let host = components.host, let port = components.port else {
+                throw ValidationError("--url needs a host and a port, like http://127.0.0.1:8080")
+            }
+            return (host, port)
+        }
+    }
+
+    /// The server's resident memory in KiB, from /proc.
+    func serverRSSKilobytes() -> Int? {
+        guard let serverPid, let status = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+        else { return nil }
+        return Int(line.split(separator: " ").dropFirst().first ?? "")
+    }
+}
+
+/// Prints and flushes, so figures appear as they happen even when piped to a file.
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
+}
+
+/// One line of the final table, prefixed so the bench script can collect it.
+func result(_ scenario: String, _ figures: KeyValuePairs<String, String>) {
+    say("RESULT \(scenario) " + figures.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+}
+
+extension ServiceClient {
+    /// Creates `count` orders named `prefix-0`, `prefix-1`, ... with `concurrency` requests in flight.
+    func createOrders(prefix: String, count: Int, concurrency: Int = 32) async throws -> [String] {
+        let ids = (0..<count).map { "\(prefix)-\($0)" }
+        try await forEachConcurrently(ids, limit: concurrency) { id in
+            try await send("POST", "/orders", #"{"id":"\#(id)"}"#)
+        }
+        return ids
+    }
+
+    /// Waits until the server reports `streams` open streams, or fails after `limit`.
+    func awaitOpenStreams(_ streams: Int, within limit: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + limit
+        while try await gauges().streams != streams {
+            guard ContinuousClock.now < deadline else {
+                throw BenchFailure("the server reports \(try await gauges().streams) open streams, expected \(streams)")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+}
+
+/// Runs `body` for every element with at most `limit` running at once.
+func forEachConcurrently<T: Sendable>(_ items: [T], limit: Int, _ body: @escaping @Sendable (T) async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for (index, item) in items.enumerated() {
+            if index >= limit { try await group.next() }
+            group.addTask { try await body(item) }
+        }
+        try await group.waitForAll()
+    }
+}
+
+/// Opens one stream per entry of `orderIDs`, `limit` at a time, and returns them in the same order.
+func openStreams(_ orderIDs: [String], connector: StreamProbeConnector, limit: Int) async throws -> [StreamProbe] {
+    try await withThrowingTaskGroup(of: (Int, StreamProbe).self) { group in
+        var probes = [StreamProbe?](repeating: nil, count: orderIDs.count)
+        for (index, orderID) in orderIDs.enumerated() {
+            if index >= limit, let (done, probe) = try await group.next() { probes[done] = probe }
+            group.addTask { (index, try await connector.open(orderID: orderID, index: index)) }
+        }
+        for try await (done, probe) in group { probes[done] = probe }
+        return probes.map { $0! }
+    }
+}
+
+/// Compares what each probe received with the order's events in the table.
+struct DeliveryCheck {
+    var expected = 0, delivered = 0, lost = 0, duplicated = 0, reordered = 0
+
+    mutating func add(expected ids: [Int64], received: [Int64]) {
+        expected += ids.count
+        delivered += received.count
+        lost += Set(ids).subtracting(received).count
+        duplicated += received.count - Set(received).count
+        if received != received.sorted() { reordered += 1 }
+    }
+
+    var isExact: Bool { lost == 0 && duplicated == 0 && reordered == 0 && delivered == expected }
+
+    var text: String {
+        "expected \(expected), delivered \(delivered), lost \(lost), duplicated \(duplicated), reordered \(reordered)"
+    }
+}
+
+extension LatencySummary {
+    init(nanoseconds: [Int64]) {
+        self.init(nanoseconds.map { Double($0) / 1_000_000 })
+    }
+
+    func milliseconds(_ p: Double) -> String { String(format: "%.2f", percentile(p)) }
+    var maximum: String { String(format: "%.2f", sorted.last ?? 0) }
+}
+
+/// An event loop group for probe connections, sized to the machine.
+func makeProbeGroup() -> MultiThreadedEventLoopGroup {
+    MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+}
+
+/// Sends status changes open-loop: each at its scheduled instant whatever the earlier ones are
+/// doing, so a slow answer shows up as latency instead of lowering the rate. Each change carries
+/// its send time in `metadata.sentAt`. Returns the POST round-trip times.
+func publishOpenLoop(_ changes: [(orderID: String, status: String)], rate: Int, client: ServiceClient) async throws -> [Int64] {
+    let interval = Duration.seconds(1) / rate
+    let start = ContinuousClock.now
+    return try await withThrowingTaskGroup(of: Int64.self) { group in
+        for (index, change) in changes.enumerated() {
+            try await Task.sleep(until: start + interval * index)
+            group.addTask {
+                let sentAt = monotonicNanoseconds()
+                try await client.send("POST", "/orders/\(change.orderID)/status", #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#)
+                return monotonicNanoseconds() - sentAt
+            }
+        }
+        var times: [Int64] = []
+        for try await time in group { times.append(time) }
+        return times
+    }
+}
