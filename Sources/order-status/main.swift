@@ -174,7 +174,8 @@ struct Token: AsyncParsableCommand {
         } catch {
             throw ValidationError("configuration: \(error)")
         }
-        let now = Date()
+        // Whole seconds: NumericDate may have fractions, but some verifiers refuse them.
+        let now = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
         let claims = AccessClaims(
             expires: now.addingTimeInterval(seconds), issuedAt: now, issuer: settings?.issuer, audience: settings?.audience,
             subject: subject, scopes: scopes, orders: orders
