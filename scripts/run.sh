@@ -55,6 +55,15 @@ done
 CURL_HOST="$LISTEN_HOST"
 [[ "$CURL_HOST" == 0.0.0.0 || "$CURL_HOST" == "::" ]] && CURL_HOST=127.0.0.1
 
+# Authorization is on exactly when a key is configured (environment or flags); say which, so
+# nobody runs it open believing it is protected.
+AUTH_STATE="off: anyone who reaches the port may read and change orders (README: Authorization)"
+[[ -n "${AUTH_HS256_SECRET:-}${AUTH_HS256_SECRET_FILE:-}${AUTH_PUBLIC_KEYS:-}${AUTH_JWKS_FILE:-}" ]] && AUTH_STATE=on
+for arg in "$@"; do
+    case "$arg" in --auth-hs256-secret* | --auth-public-keys* | --auth-jwks-file*) AUTH_STATE=on ;; esac
+done
+[[ "$AUTH_STATE" == on ]] && AUTH_STATE="on: bearer tokens required; mint one with $BIN_DIR/order-status token --scope orders:read"
+
 cat <<EOF
 ------------------------------------------------------------------
  order-status
@@ -62,6 +71,7 @@ cat <<EOF
    postgres log  : $PGLOG
    DATABASE_URL  : $DATABASE_URL
    listening on  : http://$LISTEN_HOST:$LISTEN_PORT
+   authorization : $AUTH_STATE
    try           : curl http://$CURL_HOST:$LISTEN_PORT/healthz
    stop database : scripts/stop-postgres.sh
 ------------------------------------------------------------------
