@@ -4,11 +4,13 @@ ignores the service's X-Accel-Buffering, so streaming rests on the committed fil
 through scripts/nginx-test.sh. Checks through nginx:
   - plain REST works and X-Request-Id is passed back (the client's, else one nginx made);
   - an SSE event arrives uncompressed and unbuffered, at once: POST-to-receipt time printed,
-    limit 250 ms;
+    limit 500 ms;
   - heartbeat comments pass (the service runs with HEARTBEAT_SECONDS=1);
   - Last-Event-ID reaches the service (replay on reconnect);
   - a held long poll is answered by a change;
-  - after a terminal event the stream ends at the client."""
+  - after a terminal event the stream ends at the client;
+  - deploy/two-instances/nginx-upstream.conf spreads streams over two instances, and a change
+    committed on either reaches every stream."""
 
 import http.client
 import json
@@ -26,22 +28,33 @@ from live_service import ROOT, CheckFailed, ServiceProcess, check, free_port, me
 
 SCRIPT = "nginx-test"
 NGINX_CONF = os.path.join(ROOT, "deploy", "nginx.conf")
+TWO_INSTANCE_UPSTREAM = os.path.join(ROOT, "deploy", "two-instances", "nginx-upstream.conf")
 # Through a local proxy an event should take a few milliseconds; buffering would take seconds.
-DELIVERY_LIMIT_SECONDS = 0.25
+DELIVERY_LIMIT_SECONDS = 0.5
 
 
 def log(line):
     say(SCRIPT, line)
 
 
-def site_config(service_port, nginx_port):
-    """deploy/nginx.conf with the test's addresses: the substitutions a deployment would make."""
+def site_config(service_ports, nginx_port):
+    """deploy/nginx.conf with the test's addresses: the substitutions a deployment would make. With
+    two service ports, its upstream block is replaced by deploy/two-instances/nginx-upstream.conf."""
     with open(NGINX_CONF) as committed:
         text = committed.read()
-    text, upstreams = re.subn(r"(?m)^(\s*server\s+)127\.0\.0\.1:8080;", rf"\g<1>127.0.0.1:{service_port};", text)
     text, listens = re.subn(r"(?m)^(\s*listen\s+)80;", rf"\g<1>127.0.0.1:{nginx_port};", text)
-    check(upstreams == 1 and listens == 1,
-          f"deploy/nginx.conf must hold one `server 127.0.0.1:8080;` and one `listen 80;` line (found {upstreams} and {listens})")
+    check(listens == 1, f"deploy/nginx.conf must hold one `listen 80;` line (found {listens})")
+    if len(service_ports) == 1:
+        text, upstreams = re.subn(r"(?m)^(\s*server\s+)127\.0\.0\.1:8080;", rf"\g<1>127.0.0.1:{service_ports[0]};", text)
+        check(upstreams == 1, f"deploy/nginx.conf must hold one `server 127.0.0.1:8080;` line (found {upstreams})")
+        return text
+    with open(TWO_INSTANCE_UPSTREAM) as committed:
+        upstream = committed.read()
+    for example_port, port in zip((8081, 8082), service_ports):
+        upstream, found = re.subn(rf"127\.0\.0\.1:{example_port}\b", f"127.0.0.1:{port}", upstream)
+        check(found == 1, f"{TWO_INSTANCE_UPSTREAM} must name 127.0.0.1:{example_port} once (found {found})")
+    text, blocks = re.subn(r"(?ms)^upstream order_status \{.*?^\}\n", lambda _: upstream, text)
+    check(blocks == 1, f"deploy/nginx.conf must hold one `upstream order_status` block (found {blocks})")
     return text
 
 
@@ -71,14 +84,14 @@ http {{
 
 
 class Nginx:
-    def __init__(self, service_port):
+    def __init__(self, service_ports):
         self.port = free_port()
         self.prefix = tempfile.mkdtemp(prefix="order-status-nginx.")
         self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.site_path = os.path.join(self.prefix, "order-status.conf")
         self.conf_path = os.path.join(self.prefix, "nginx.conf")
         with open(self.site_path, "w") as site:
-            site.write(site_config(service_port, self.port))
+            site.write(site_config(service_ports, self.port))
         with open(self.conf_path, "w") as main:
             main.write(main_config(self.prefix, self.site_path))
         self.process = None
@@ -270,12 +283,43 @@ def check_terminal_stream_ends(nginx_url, order_id):
         stream.close()
 
 
+def check_two_instances(first, second):
+    """deploy/two-instances: streams spread by nginx over both instances all get a change, whichever
+    instance committed it, because each instance LISTENs to the shared database itself."""
+    nginx = Nginx([first.port, second.port]).start()
+    streams = []
+    try:
+        order_id = f"pair-{uuid.uuid4().hex[:10]}"
+        post_json(nginx.base_url, "/orders", {"id": order_id}, 201)
+        for _ in range(4):
+            streams.append(EventStream(nginx.base_url, order_id))
+            streams[-1].next_event()
+        held = wait_until("both instances to hold some of the streams", lambda: (lambda a, b: (a, b) if a >= 1 and b >= 1 else None)(
+            metric(first.base_url, "order_status_open_streams"), metric(second.base_url, "order_status_open_streams")))
+        for status, via in (("paid", first), ("shipped", second)):
+            sent = time.perf_counter()
+            post_json(via.base_url, f"/orders/{order_id}/status", {"status": status}, 200)
+            arrivals = []
+            for stream in streams:
+                event, arrived = stream.next_event(timeout=5)
+                check(event["status"] == status, f"a stream got {event['status']}, not {status}")
+                arrivals.append(arrived - sent)
+            log(f"two instances: {status} committed on {via.name} reached all {len(streams)} streams "
+                f"({held[0]:.0f} on one instance, {held[1]:.0f} on the other) within {max(arrivals) * 1000:.1f} ms")
+    finally:
+        for stream in streams:
+            stream.close()
+        nginx.stop()
+        nginx.remove()
+
+
 def main():
-    service = ServiceProcess(settings={"HEARTBEAT_SECONDS": "1"})
+    service = ServiceProcess(settings={"HEARTBEAT_SECONDS": "1"}, name="order-status")
+    second = ServiceProcess(name="order-status-second")
     nginx = None
     try:
         service.start()
-        nginx = Nginx(service.port).start()
+        nginx = Nginx([service.port]).start()
         version = subprocess.run([nginx.binary, "-v"], capture_output=True, text=True).stderr.strip()
         log(f"{version} on {nginx.base_url} -> order-status on {service.base_url} (config from deploy/nginx.conf in {nginx.prefix})")
         order_id = check_rest(nginx.base_url)
@@ -283,11 +327,14 @@ def main():
         check_resume(nginx.base_url, order_id, first_event_id)
         check_long_poll(nginx.base_url, service.base_url, order_id)
         check_terminal_stream_ends(nginx.base_url, order_id)
+        second.start()
+        check_two_instances(service, second)
         log("passed")
         return 0
     except CheckFailed as failure:
         log(f"FAILED: {failure}")
-        log(f"--- service log ---\n{service.log_tail()}")
+        for running in (service, second):
+            log(f"--- {running.name} log ---\n{running.log_tail()}")
         if nginx is not None:
             log(f"--- nginx error.log ---\n{nginx.log_tail('error.log')}")
             log(f"--- nginx access.log ---\n{nginx.log_tail('access.log')}")
@@ -296,8 +343,9 @@ def main():
         if nginx is not None:
             nginx.stop()
             nginx.remove()
-        service.stop()
-        service.remove_log()
+        for running in (service, second):
+            running.stop()
+            running.remove_log()
 
 
 if __name__ == "__main__":
