@@ -89,11 +89,14 @@ fi
 summary "PASSED: swift test${*:+ $*}"
 
 # With no arguments this is the whole suite: the contract checked by schemathesis against the
-# live service, and a one-minute soak, run on the binaries just built.
+# live service, the live page in headless Chromium, the service behind a real nginx, and a
+# one-minute soak, run on the binaries just built.
 if [[ $# == 0 ]]; then
     if [[ -x scripts/schemathesis.sh ]]; then
         bash scripts/schemathesis.sh || { summary "FAILED: schemathesis"; exit 1; }
     fi
+    bash scripts/browser-test.sh || { summary "FAILED: browser test"; exit 1; }
+    bash scripts/nginx-test.sh || { summary "FAILED: nginx test"; exit 1; }
     bash scripts/soak.sh "${SOAK_SECONDS:-60}" || { summary "FAILED: soak"; exit 1; }
-    summary "PASSED: swift test, schemathesis and the soak"
+    summary "PASSED: swift test, schemathesis, the browser and nginx tests, and the soak"
 fi
