@@ -196,6 +196,8 @@ enum LivePage {
               continue;
             }
             if (response.status === 404) { this.fail(`There is no order with the id “${this.orderId}”.`); return; }
+            // With authorization on, a reader needs the order_status_token cookie; retrying cannot help.
+            if (response.status === 401 || response.status === 403) { this.fail("You are not allowed to follow this order."); return; }
             if (!response.ok) { await this.retryAfterTrouble(`The service answered ${response.status}; retrying.`); continue; }
             const page = await response.json();
             if (this.stopped) return;
@@ -237,6 +239,7 @@ enum LivePage {
               await this.retryAfterTrouble("The service cannot be reached; retrying.");
               continue;
             }
+            if (response.status === 401 || response.status === 403) { this.fail("You are not allowed to follow this order."); return; }
             if (!response.ok) { await this.retryAfterTrouble(`The service answered ${response.status}; retrying.`); continue; }
             const answer = await response.json();
             if (this.stopped) return;
