@@ -8,7 +8,8 @@ Checks, in order:
      change made meanwhile (through a second instance) shows once, with no duplicate;
   4. a terminal status shows its banner, the EventSource is closed and never reconnects;
   5. an unknown order id says so;
-  6. with EventSource deleted before the page's script runs, the long poll carries the changes.
+  6. with EventSource deleted before the page's script runs, the long poll carries the changes;
+  7. the console shows no script error and no Content-Security-Policy refusal.
 Screenshots go to .ci-artifacts/."""
 
 import json
@@ -112,6 +113,14 @@ def change_and_time(driver, base_url, order_id, status, metadata=None):
     return rendered, seen
 
 
+def check_console_clean(driver, scenario):
+    """No script error and no Content-Security-Policy refusal in the console. (Refused connections
+    while the service is down, and the unknown order's 404, are expected there and pass.)"""
+    problems = [entry["message"] for entry in driver.get_log("browser")
+                if "Uncaught" in entry["message"] or "Content Security Policy" in entry["message"]]
+    check(not problems, f"{scenario}: the browser console shows {problems}")
+
+
 def event_ids(base_url, order_id):
     _, _, body = request(base_url, "GET", f"/orders/{order_id}/events?after=0&limit=1000")
     return [event["id"] for event in json.loads(body)["events"]]
@@ -171,6 +180,7 @@ def test_event_source(driver, service, spare, timings):
     check(page_state(driver)["connection"] == "ended", "the page left the terminal state")
     log(f"terminal: banner {state['bannerText']!r}, EventSource closed, no reconnect in {6 * RETRY_MILLISECONDS * 1.2:.0f} ms")
     screenshot(driver, "live-page.png")
+    check_console_clean(driver, "EventSource")
 
 
 def test_unknown_order(driver, service):
@@ -179,6 +189,7 @@ def test_unknown_order(driver, service):
     state = wait_for_page(driver, "the not-found message", lambda s: "no order" in s["message"])
     check(state["connection"] == "failed", f"connection shows {state['connection']} for an unknown order")
     log(f"unknown order: {state['message']!r}")
+    check_console_clean(driver, "unknown order")
 
 
 def test_long_poll_fallback(driver, service, timings):
@@ -210,6 +221,7 @@ def test_long_poll_fallback(driver, service, timings):
     check(network.count(f"/orders/{order_id}/status/poll") == polls, "the page kept polling after the terminal event")
     log(f"long poll: terminal banner {state['bannerText']!r}, {polls} polls in all, polling stopped")
     screenshot(driver, "live-page-long-poll.png")
+    check_console_clean(driver, "long poll")
 
 
 def main():
