@@ -23,11 +23,17 @@ public struct TokenKeys: Sendable {
 
     /// What verifies tokens, for the startup log: "HS256 secret, 2 PEM public keys".
     public var summary: String {
+        var (secrets, pems, jwks) = (0, 0, 0)
+        for (_, key) in entries {
+            switch key {
+            case .hs256: secrets += 1
+            case .jwk: jwks += 1
+            case .rs256, .es256, .es384: pems += 1
+            }
+        }
         var parts: [String] = []
-        if hs256Secret != nil { parts.append("HS256 secret") }
-        let pems = entries.filter { if case .jwk = $0.key { false } else if case .hs256 = $0.key { false } else { true } }.count
+        if secrets > 0 { parts.append("HS256 secret") }
         if pems > 0 { parts.append("\(pems) PEM public key\(pems == 1 ? "" : "s")") }
-        let jwks = entries.filter { if case .jwk = $0.key { true } else { false } }.count
         if jwks > 0 { parts.append("\(jwks) JWKS key\(jwks == 1 ? "" : "s")") }
         return parts.joined(separator: ", ")
     }

@@ -17,12 +17,12 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         switch request.method {
         case .post:
-            let claims = try await claims(of: request, reading: false)
+            let claims = try await claims(of: request, context: context, reading: false)
             guard claims.mayChangeOrders else {
                 throw Problem.forbidden("Creating and changing orders needs the scope \(AccessClaims.writeScope).", scope: AccessClaims.writeScope)
             }
         case .get, .head:
-            let claims = try await claims(of: request, reading: true)
+            let claims = try await claims(of: request, context: context, reading: true)
             let orderID = context.parameters.get("id") ?? ""
             guard claims.mayRead(order: orderID) else {
                 throw Problem.forbidden("The token does not grant access to the order '\(orderID)': it needs the scope \(AccessClaims.readScope) or to name the order in its orders claim.",
@@ -35,11 +35,13 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 
     /// The verified claims of the request's token, or a 401 problem.
-    private func claims(of request: Request, reading: Bool) async throws -> AccessClaims {
+    private func claims(of request: Request, context: Context, reading: Bool) async throws -> AccessClaims {
         let token = try token(in: request, reading: reading)
         do {
             return try await verifier.verify(token)
         } catch let rejection as TokenRejection {
+            // The reason only, never the token: it is a credential.
+            context.logger.debug("bearer token refused", metadata: ["reason": "\(rejection)"])
             throw Problem.unauthorized(rejection.detail, error: "invalid_token")
         }
     }
