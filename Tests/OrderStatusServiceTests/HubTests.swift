@@ -33,8 +33,8 @@ struct HubTests {
             let (order, created) = try await parts.store.create(NewOrder(id: OrderID(uniqueOrderID("Q"))!))
             let (stalled, stalledMailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(2))
             let (reading, readingMailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(2))
-            _ = await parts.hub.subscribe(to: order.id, after: created.id, mailbox: stalledMailbox)
-            _ = await parts.hub.subscribe(to: order.id, after: created.id, mailbox: readingMailbox)
+            _ = await parts.hub.subscribe(to: order.id, after: created.id, sink: stalledMailbox)
+            _ = await parts.hub.subscribe(to: order.id, after: created.id, sink: readingMailbox)
             async let readerFrames = withDeadline(.seconds(10), "the reader's frames") {
                 var frames: [String] = []
                 for await frame in reading { frames.append(String(buffer: frame)) }

@@ -74,10 +74,11 @@ public func buildApplication(
         idleTimeout: .nanoseconds(Int64(configuration.requestIdleTimeout / .nanoseconds(1))),
         httpDecoderConfiguration: .init(maxHeaderFieldSize: 8 * 1024, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
     )
+    let serverName = "order-status"
     var app = Application(
         router: router,
-        server: .http1(configuration: http1),
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "order-status"),
+        server: .orderStatusHTTP1(configuration: http1, eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName)),
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         onServerRunning: onServerRunning,
         logger: logger
     )

@@ -38,12 +38,12 @@ public actor OrderEventHub: Service {
 
     final class StreamSubscriber {
         var position: Int64
-        let mailbox: StreamMailbox.Continuation
+        let sink: any EventStreamSink
         var lastWrite: ContinuousClock.Instant
 
-        init(position: Int64, mailbox: StreamMailbox.Continuation, now: ContinuousClock.Instant) {
+        init(position: Int64, sink: any EventStreamSink, now: ContinuousClock.Instant) {
             self.position = position
-            self.mailbox = mailbox
+            self.sink = sink
             self.lastWrite = now
         }
     }
@@ -86,15 +86,20 @@ public actor OrderEventHub: Service {
     private var streamCount = 0
     private var pollCount = 0
     private var isShuttingDown = false
-    private nonisolated let wakeups: AsyncStream<OrderID>
-    private nonisolated let wakeupSource: AsyncStream<OrderID>.Continuation
+    /// What the hub's run loop acts on: reads to start, and streams whose clients left.
+    private enum Work {
+        case read(OrderID)
+        case departure(OrderID, subscriber: Int)
+    }
+    private nonisolated let inbox: AsyncStream<Work>
+    private nonisolated let inboxSource: AsyncStream<Work>.Continuation
 
     public init(store: OrderStore, configuration: Configuration, metrics: DeliveryMetrics, logger: Logger) {
         self.store = store
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
-        (self.wakeups, self.wakeupSource) = AsyncStream.makeStream()
+        (self.inbox, self.inboxSource) = AsyncStream.makeStream()
     }
 
     // MARK: Service
@@ -105,13 +110,16 @@ public actor OrderEventHub: Service {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.sendHeartbeats() }
-                for await orderID in self.wakeups {
-                    group.addTask { await self.readNewEvents(of: orderID) }
+                for await work in self.inbox {
+                    switch work {
+                    case .read(let orderID): group.addTask { await self.readNewEvents(of: orderID) }
+                    case .departure(let orderID, let id): self.unsubscribe(from: orderID, id: id)
+                    }
                 }
                 group.cancelAll()
             }
         } onGracefulShutdown: {
-            self.wakeupSource.finish()
+            self.inboxSource.finish()
         }
         await closeAllSubscribers()
     }
@@ -125,11 +133,11 @@ public actor OrderEventHub: Service {
 
     /// Registers a stream that has already written every event of the order up to `position`.
     /// Returns nil when the hub is shutting down; the caller then ends the stream.
-    public func subscribe(to orderID: OrderID, after position: Int64, mailbox: StreamMailbox.Continuation) -> Int? {
+    public func subscribe(to orderID: OrderID, after position: Int64, sink: any EventStreamSink) -> Int? {
         guard !isShuttingDown else { return nil }
         let id = makeSubscriberID()
         let entry = entry(for: orderID, registeringAfter: position)
-        entry.streams[id] = StreamSubscriber(position: position, mailbox: mailbox, now: clock.now)
+        entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now)
         streamCount += 1
         metrics.openStreams.record(streamCount)
         return id
@@ -137,10 +145,15 @@ public actor OrderEventHub: Service {
 
     public func unsubscribe(from orderID: OrderID, id: Int) {
         guard let entry = orders[orderID], let subscriber = entry.streams.removeValue(forKey: id) else { return }
-        subscriber.mailbox.finish()
+        subscriber.sink.finish()
         streamCount -= 1
         metrics.openStreams.record(streamCount)
         if entry.isEmpty { orders[orderID] = nil }
+    }
+
+    /// A stream's client went away; callable from any thread (a channel's close callback).
+    public nonisolated func streamDeparted(from orderID: OrderID, id: Int) {
+        inboxSource.yield(.departure(orderID, subscriber: id))
     }
 
     // MARK: Long polls
@@ -207,7 +220,7 @@ public actor OrderEventHub: Service {
             entry.needsFetch = true
         } else {
             entry.isFetching = true
-            wakeupSource.yield(orderID)
+            inboxSource.yield(.read(orderID))
         }
     }
 
@@ -268,16 +281,14 @@ public actor OrderEventHub: Service {
     /// Queues a frame for a stream. A stream whose queue is full has stopped reading: it is closed
     /// (the client resumes with Last-Event-ID) rather than let it hold memory or slow the others.
     private func offer(_ frame: ByteBuffer, to subscriber: StreamSubscriber, id: Int, of orderID: OrderID, now: ContinuousClock.Instant) -> Bool {
-        switch subscriber.mailbox.yield(frame) {
+        switch subscriber.sink.send(frame) {
         case .enqueued:
             subscriber.lastWrite = now
             return true
-        case .dropped:
+        case .stalled:
             metrics.slowStreamsClosed.increment()
             logger.notice("closing a stream that stopped reading", metadata: ["order": "\(orderID)"])
-        case .terminated:
-            break
-        @unknown default:
+        case .closed:
             break
         }
         unsubscribe(from: orderID, id: id)

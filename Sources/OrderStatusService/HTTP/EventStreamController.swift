@@ -53,23 +53,22 @@ struct EventStreamController<Context: RequestContext> {
     }
 
     private func writeStream(of id: OrderID, request: Request, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws {
+        // A connection whose first request is this stream: once replayed, the hub writes to the
+        // channel itself and no task waits here (see OrderStatusHTTP1Channel).
+        if let channelWriter = writer as? ChannelResponseBodyWriter {
+            guard let position = try await writeReplay(of: id, replay: replay, after: start, to: &writer) else {
+                return try await writer.finish(nil)
+            }
+            let sink = channelWriter.detach(capacity: bufferCapacity)
+            guard let subscriberID = await hub.subscribe(to: id, after: position, sink: sink) else { return sink.finish() }
+            sink.whenClosed { [hub] in hub.streamDeparted(from: id, id: subscriberID) }
+            return
+        }
         let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(bufferCapacity))
         // A client that goes away finishes the mailbox at once, which ends the loop below.
         try await request.body.consumeWithInboundCloseHandler { _ in
-            try await writer.write(SSEFrame.retry(milliseconds: retry.next()))
-            var position = start
-            var page = replay
-            // Replay writes straight to the socket, page by page, so a long history needs no buffer.
-            while true {
-                for event in page {
-                    try await writer.write(SSEFrame.event(id: event.id, json: event.json))
-                    position = event.id
-                    if event.isTerminal { return }
-                }
-                guard page.count == OrderEventHub.pageSize else { break }
-                page = try await store.events(of: id, after: position, limit: OrderEventHub.pageSize)?.events ?? []
-            }
-            guard let subscriberID = await hub.subscribe(to: id, after: position, mailbox: mailbox) else { return }
+            guard let position = try await writeReplay(of: id, replay: replay, after: start, to: &writer) else { return }
+            guard let subscriberID = await hub.subscribe(to: id, after: position, sink: mailbox) else { return }
             do {
                 for await frame in frames { try await writer.write(frame) }
             } catch {
@@ -81,5 +80,23 @@ struct EventStreamController<Context: RequestContext> {
             mailbox.finish()
         }
         try await writer.finish(nil)
+    }
+
+    /// Writes `retry:` and the replay, reading further pages straight to the socket so a long
+    /// history needs no buffer. Returns the last id written, or nil when the order's terminal
+    /// event was among them and the stream is over.
+    private func writeReplay(of id: OrderID, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws -> Int64? {
+        try await writer.write(SSEFrame.retry(milliseconds: retry.next()))
+        var position = start
+        var page = replay
+        while true {
+            for event in page {
+                try await writer.write(SSEFrame.event(id: event.id, json: event.json))
+                position = event.id
+                if event.isTerminal { return nil }
+            }
+            guard page.count == OrderEventHub.pageSize else { return position }
+            page = try await store.events(of: id, after: position, limit: OrderEventHub.pageSize)?.events ?? []
+        }
     }
 }

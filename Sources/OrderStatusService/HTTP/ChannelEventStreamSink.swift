@@ -1,0 +1,39 @@
+import NIOCore
+import NIOHTTPTypes
+import Synchronization
+
+/// A stream the hub writes to the client's channel directly. Writes are queued on the channel's
+/// event loop; a client that leaves more than `capacity` frames unsent has stopped reading.
+final class ChannelEventStreamSink: EventStreamSink {
+    let channel: any Channel
+    let capacity: Int
+    /// Frames handed to the channel and not yet written to the socket.
+    private let unsent = Atomic<Int>(0)
+
+    init(channel: any Channel, capacity: Int) {
+        self.channel = channel
+        self.capacity = capacity
+    }
+
+    func send(_ frame: ByteBuffer) -> EventStreamSinkResult {
+        guard channel.isActive else { return .closed }
+        guard unsent.add(1, ordering: .relaxed).newValue <= capacity else {
+            unsent.subtract(1, ordering: .relaxed)
+            return .stalled
+        }
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenComplete { _ in self.unsent.subtract(1, ordering: .relaxed) }
+        channel.writeAndFlush(HTTPResponsePart.body(frame), promise: written)
+        return .enqueued
+    }
+
+    func finish() {
+        let channel = channel
+        channel.writeAndFlush(HTTPResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// Runs `body` once the client's connection has closed, whoever closed it.
+    func whenClosed(_ body: @escaping @Sendable () -> Void) {
+        channel.closeFuture.whenComplete { _ in body() }
+    }
+}

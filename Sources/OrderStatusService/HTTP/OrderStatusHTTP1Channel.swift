@@ -1,0 +1,78 @@
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+
+/// Hummingbird's HTTP/1 server channel, with one difference: a connection whose first request
+/// asks for an event stream is answered by `EventStreamResponder` in the connection's own task,
+/// and when the stream is handed to the hub that task ends. A held stream then costs its socket,
+/// its NIO handlers and the hub's entry, not a suspended task with its async stack.
+struct OrderStatusHTTP1Channel: ServerChildChannel {
+    struct Connection: ServerChildChannelValue {
+        let channel: any Channel
+        let handoff: NIOLoopBound<EventStreamHandoff>
+        let firstRequest: EventLoopFuture<EventStreamHandoff.FirstRequest>
+    }
+
+    let http1: HTTP1Channel
+    let eventStreams: EventStreamResponder
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Connection> {
+        channel.eventLoop.makeCompletedFuture {
+            // The same pipeline as HTTP1Channel.setup, with the handoff last and no async wrapper yet.
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderFieldSize = http1.configuration.httpDecoder.maxHeaderFieldSize
+            limits.maxHeaderListSize = http1.configuration.httpDecoder.maxHeaderListSize
+            limits.maxHeaderFieldCount = http1.configuration.httpDecoder.maxHeaderFieldCount
+            let pipeline = channel.pipeline.syncOperations
+            try pipeline.configureHTTPServerPipeline(
+                withPipeliningAssistance: false,
+                withErrorHandling: false,
+                withOutboundHeaderValidation: false,
+                withEncoderConfiguration: .init(),
+                withDecoderLimitConfiguration: limits
+            )
+            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: http1.configuration.idleTimeout.map { .init($0) }, logger: logger))
+            let handoff = EventStreamHandoff(eventLoop: channel.eventLoop)
+            try pipeline.addHandler(handoff)
+            return Connection(channel: channel, handoff: NIOLoopBound(handoff, eventLoop: channel.eventLoop), firstRequest: handoff.firstRequest.futureResult)
+        }
+    }
+
+    func handle(value connection: Connection, logger: Logger) async {
+        let channel = connection.channel
+        switch try? await connection.firstRequest.get() {
+        case .eventStream(let head):
+            await eventStreams.respond(to: head, on: channel, logger: logger)
+        case .other:
+            let wrapped = try? await channel.eventLoop.submit {
+                let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                    wrappingChannelSynchronously: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: true)
+                )
+                connection.handoff.value.startPassingThrough()
+                return asyncChannel
+            }.get()
+            guard let wrapped else {
+                channel.close(promise: nil)
+                return
+            }
+            await http1.handle(value: wrapped, logger: logger)
+        case .closed, nil:
+            channel.close(promise: nil)
+        }
+    }
+}
+
+extension HTTPServerBuilder {
+    /// HTTP/1 with event streams that outlive their connection's task (see `OrderStatusHTTP1Channel`).
+    static func orderStatusHTTP1(configuration: HTTP1Channel.Configuration, eventStreams: EventStreamResponder) -> HTTPServerBuilder {
+        .init { responder in
+            OrderStatusHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: configuration), eventStreams: eventStreams)
+        }
+    }
+}
