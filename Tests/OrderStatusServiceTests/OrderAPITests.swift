@@ -221,4 +221,40 @@ struct OrderAPITests {
             #expect(events.compactMap { $0["status"] as? String } == ["pending", "paid", "processing", "shipped"])
         }
     }
+
+    /// Changes race for one order: the row lock serializes them, so exactly one change wins each
+    /// version, the history has no gap, and each event's previous status is the one before it.
+    @Test func concurrentChangesOfOneOrderSerialize() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID("R")
+            try await service.createOrder(id)
+            // Twenty requests all claim version 1: one may win, the rest must see 412.
+            let statuses = await withTaskGroup(of: Int.self) { group in
+                for index in 0..<20 {
+                    group.addTask { (try? await service.changeStatus(id, to: index % 2 == 0 ? "paid" : "cancelled", ifMatch: "\"1\"").status) ?? 0 }
+                }
+                return await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(statuses.filter { $0 == 200 }.count == 1)
+            #expect(statuses.filter { $0 == 412 }.count == 19)
+
+            let other = uniqueOrderID("R")
+            try await service.createOrder(other)
+            // Without If-Match every target is tried at once; whatever order they commit in, the
+            // history must read as one chain of allowed moves.
+            await withTaskGroup(of: Void.self) { group in
+                for status in ["paid", "processing", "shipped", "delivered", "paid", "processing"] {
+                    group.addTask { _ = try? await service.changeStatus(other, to: status) }
+                }
+            }
+            let events = try #require(try await service.get("/orders/\(other)/events").json["events"] as? [[String: Any]])
+            #expect(events.map { $0["version"] as? Int } == Array(1...events.count).map { Optional($0) })
+            for (earlier, later) in zip(events, events.dropFirst()) {
+                #expect(later["previousStatus"] as? String == earlier["status"] as? String)
+                let from = try #require(OrderStatus(rawValue: earlier["status"] as? String ?? ""))
+                let to = try #require(OrderStatus(rawValue: later["status"] as? String ?? ""))
+                #expect(from.transition(to: to) == .allowed)
+            }
+        }
+    }
 }

@@ -37,6 +37,14 @@ public enum OrderStatus: String, Sendable, CaseIterable, Hashable {
     }
 }
 
+extension OrderStatus {
+    /// The statuses from which `target` may be reached: the store hands these to its one-statement
+    /// change, so the rule stays here and PostgreSQL applies it under the row lock.
+    public static func sources(allowedToMoveTo target: OrderStatus) -> [OrderStatus] {
+        allCases.filter { $0.transition(to: target) == .allowed }
+    }
+}
+
 public enum StatusTransition: Sendable, Equatable {
     /// The order moves to the new status and a new event is written.
     case allowed

@@ -75,63 +75,55 @@ public struct OrderStore: Sendable {
     /// Applies a status change under the order's row lock. `allowedVersions` is If-Match's list:
     /// when given, the order's current version must be one of them.
     public func changeStatus(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
-        do {
-            return try await bounded { try await changeStatusInTransaction(of: id, to: change, allowedVersions: allowedVersions) }
-        } catch let error as PostgresTransactionError {
-            // A refusal decided inside the transaction rolled it back: report the refusal itself.
-            if let refusal = error.closureError as? OrderStoreError, error.rollbackError == nil { throw refusal }
-            throw error
-        }
+        try await bounded { try await changeStatusNow(of: id, to: change, allowedVersions: allowedVersions) }
     }
 
-    private func changeStatusInTransaction(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
-        try await client.withTransaction(logger: logger) { connection in
-            let locked = try await connection.query(
-                "SELECT \(unescaped: SQL.orderColumns("o")) FROM orders o WHERE o.id = \(id.rawValue) FOR UPDATE",
-                logger: logger
+    /// One statement, so one round trip and one transaction: it locks the row, changes it only
+    /// when the version and the status model allow, writes the event and notifies. It returns the
+    /// order (changed or as it stands) and the event, if one was written; a refusal is then
+    /// explained from the same locked row.
+    private func changeStatusNow(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
+        let sources = OrderStatus.sources(allowedToMoveTo: change.status).map(\.rawValue)
+        let versions = allowedVersions.map { Array($0) }
+        let rows = try await client.query(
+            """
+            WITH current_order AS (
+                SELECT * FROM orders WHERE id = \(id.rawValue) FOR UPDATE
+            ), changed_order AS (
+                UPDATE orders o SET status = \(change.status.rawValue), version = o.version + 1, updated_at = now(),
+                    last_event_id = nextval(pg_get_serial_sequence('order_events', 'id'))
+                FROM current_order c
+                WHERE o.id = c.id AND c.status = ANY(\(sources)::text[])
+                    AND (\(versions)::int8[] IS NULL OR c.version = ANY(\(versions)::int8[]))
+                RETURNING o.*, c.status AS previous_status
+            ), new_event AS (
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
+                SELECT last_event_id, id, status, previous_status, version, updated_at, \(change.metadata?.json)::jsonb
+                FROM changed_order
+                RETURNING *
+            ), notified AS (
+                SELECT pg_notify('\(unescaped: Self.notificationChannel)', id || ':' || order_id) FROM new_event
+            ), latest AS (
+                SELECT * FROM changed_order UNION ALL SELECT *, NULL FROM current_order WHERE NOT EXISTS (SELECT FROM changed_order)
             )
-            var current: Order?
-            for try await row in locked {
-                current = try SQL.order(try row.decode(SQL.OrderRow.self))
+            SELECT \(unescaped: SQL.orderColumns("o")), \(unescaped: SQL.eventColumns("e"))
+            FROM latest o LEFT JOIN new_event e ON true LEFT JOIN notified ON true
+            """,
+            logger: logger
+        )
+        for try await row in rows {
+            let (order, event) = try SQL.orderAndOptionalEvent(row)
+            if let event { return .changed(order, event) }
+            if let allowedVersions, !allowedVersions.contains(order.version) {
+                throw OrderStoreError.versionMismatch(current: order.version)
             }
-            guard let current else { throw OrderStoreError.orderNotFound(id) }
-            if let allowedVersions, !allowedVersions.contains(current.version) {
-                throw OrderStoreError.versionMismatch(current: current.version)
+            switch order.status.transition(to: change.status) {
+            case .unchanged: return .unchanged(order)
+            case .forbidden: throw OrderStoreError.transitionNotAllowed(from: order.status, to: change.status)
+            case .allowed: throw OrderStoreError.corruptRow("a change the status model allows was not applied")
             }
-            switch current.status.transition(to: change.status) {
-            case .unchanged:
-                return .unchanged(current)
-            case .forbidden:
-                throw OrderStoreError.transitionNotAllowed(from: current.status, to: change.status)
-            case .allowed:
-                break
-            }
-            let changed = try await connection.query(
-                """
-                WITH changed_order AS (
-                    UPDATE orders SET status = \(change.status.rawValue), version = version + 1, updated_at = now(),
-                        last_event_id = nextval(pg_get_serial_sequence('order_events', 'id'))
-                    WHERE id = \(id.rawValue)
-                    RETURNING *
-                ), new_event AS (
-                    INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-                    SELECT last_event_id, id, status, \(current.status.rawValue), version, updated_at, \(change.metadata?.json)::jsonb
-                    FROM changed_order
-                    RETURNING *
-                ), notified AS (
-                    SELECT pg_notify('\(unescaped: Self.notificationChannel)', id || ':' || order_id) FROM new_event
-                )
-                SELECT \(unescaped: SQL.orderColumns("o")), \(unescaped: SQL.eventColumns("e"))
-                FROM changed_order o, new_event e, notified
-                """,
-                logger: logger
-            )
-            for try await row in changed {
-                let (order, event) = try SQL.orderAndEvent(row)
-                return .changed(order, event)
-            }
-            throw OrderStoreError.orderNotFound(id)
         }
+        throw OrderStoreError.orderNotFound(id)
     }
 
     /// The order's events with ids above `after`, ascending, or nil when the order does not exist.
@@ -234,6 +226,13 @@ enum SQL {
     static func orderAndEvent(_ row: PostgresRow) throws -> (Order, OrderEvent) {
         let c = try row.decode((String, String, Int, String, String, Int64, String?, Int64, String, String, String?, Int, String, String?).self)
         return (try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6)), try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
+    }
+
+    static func orderAndOptionalEvent(_ row: PostgresRow) throws -> (Order, OrderEvent?) {
+        let c = try row.decode((String, String, Int, String, String, Int64, String?, Int64?, String?, String?, String?, Int?, String?, String?).self)
+        let order = try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6))
+        guard c.7 != nil else { return (order, nil) }
+        return (order, try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
     }
 
     /// An order's status, then one of its events or nulls.
