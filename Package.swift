@@ -51,6 +51,7 @@ let package = Package(
             dependencies: [
                 "OrderStatusService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         .executableTarget(

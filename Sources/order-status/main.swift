@@ -55,12 +55,14 @@ struct SettingsOptions: ParsableArguments {
     }
 }
 
-@main
+// The entry point. With more than one file in the target, main.swift is top-level code, where @main is refused.
+await OrderStatusCommand.main()
+
 struct OrderStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "order-status",
         abstract: "Tells web pages and legacy clients, the moment it happens, that an order changed status.",
-        subcommands: [Serve.self, Migrate.self, Token.self],
+        subcommands: [Serve.self, Migrate.self, Token.self, Watch.self],
         defaultSubcommand: Serve.self
     )
 }
