@@ -64,15 +64,28 @@ for arg in "$@"; do
 done
 [[ "$AUTH_STATE" == on ]] && AUTH_STATE="on: bearer tokens required; mint one with $BIN_DIR/order-status token --scope orders:read"
 
+# A certificate and key (environment or flags) turn on HTTPS with HTTP/2 (README: HTTP/2).
+SCHEME=http
+PROTOCOLS="HTTP/1.1"
+CURL_FLAGS=""
+[[ -n "${TLS_CERTIFICATE_FILE:-}" ]] && SCHEME=https
+for arg in "$@"; do
+    case "$arg" in --tls-certificate-file*) SCHEME=https ;; esac
+done
+if [[ "$SCHEME" == https ]]; then
+    PROTOCOLS="HTTP/2 and HTTP/1.1 over TLS"
+    CURL_FLAGS="--http2 -k " # -k: for a self-signed certificate
+fi
+
 cat <<EOF
 ------------------------------------------------------------------
  order-status
    postgres data : $PGDATA_DIR
    postgres log  : $PGLOG
    DATABASE_URL  : $DATABASE_URL
-   listening on  : http://$LISTEN_HOST:$LISTEN_PORT
+   listening on  : $SCHEME://$LISTEN_HOST:$LISTEN_PORT ($PROTOCOLS)
    authorization : $AUTH_STATE
-   try           : curl http://$CURL_HOST:$LISTEN_PORT/healthz
+   try           : curl $CURL_FLAGS$SCHEME://$CURL_HOST:$LISTEN_PORT/healthz
    stop database : scripts/stop-postgres.sh
 ------------------------------------------------------------------
 EOF

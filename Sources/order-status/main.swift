@@ -25,6 +25,8 @@ struct SettingsOptions: ParsableArguments {
     @Option(help: "How often the LISTEN connection is checked, seconds (default 10)  [env: LISTENER_PING_SECONDS]") var listenerPingSeconds: String?
     @Option(help: "Unanswered check closes it after, seconds (default 5)  [env: LISTENER_PING_TIMEOUT_SECONDS]") var listenerPingTimeoutSeconds: String?
     @Option(help: "Log level (default info)  [env: LOG_LEVEL]") var logLevel: String?
+    @Option(help: "PEM certificate chain; with the key, serves HTTPS and HTTP/2  [env: TLS_CERTIFICATE_FILE]") var tlsCertificateFile: String?
+    @Option(help: "PEM private key of that certificate  [env: TLS_PRIVATE_KEY_FILE]") var tlsPrivateKeyFile: String?
     @OptionGroup var authorization: AuthorizationOptions
 
     /// The environment with every given flag laid over it, read into a `Configuration`.
@@ -38,6 +40,7 @@ struct SettingsOptions: ParsableArguments {
             "STREAM_BUFFER_FRAMES": streamBufferFrames, "MAX_STREAMS": maxStreams, "MAX_POLLS": maxPolls,
             "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds,
             "LISTENER_PING_SECONDS": listenerPingSeconds, "LISTENER_PING_TIMEOUT_SECONDS": listenerPingTimeoutSeconds, "LOG_LEVEL": logLevel,
+            "TLS_CERTIFICATE_FILE": tlsCertificateFile, "TLS_PRIVATE_KEY_FILE": tlsPrivateKeyFile,
         ]
         for case let (name, value?) in flags { values[name] = value }
         values.merge(authorization.flags) { $1 }
@@ -78,7 +81,11 @@ struct Serve: AsyncParsableCommand {
             let address = channel.localAddress?.description ?? "?"
             // Said at every start, so nobody runs it open believing it is protected.
             let authorization = configuration.authorization.map { "on (\($0.keys.summary))" } ?? "off: anyone who reaches the port may read and change orders"
-            logger.notice("order-status is serving", metadata: ["address": "\(address)", "authorization": "\(authorization)"])
+            let scheme = configuration.tls == nil ? "http" : "https"
+            let host = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+            let url = "\(scheme)://\(host):\(channel.localAddress?.port ?? configuration.port)"
+            let protocols = configuration.tls == nil ? "HTTP/1.1" : "HTTP/2 and HTTP/1.1 over TLS"
+            logger.notice("order-status is serving", metadata: ["url": "\(url)", "protocols": "\(protocols)", "address": "\(address)", "authorization": "\(authorization)"])
         }
         try await group.run()
     }

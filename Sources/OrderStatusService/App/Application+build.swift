@@ -77,7 +77,9 @@ public func buildApplication(
     let serverName = "order-status"
     var app = Application(
         router: router,
-        server: .orderStatusHTTP1(configuration: http1, eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName)),
+        // With a certificate and key, HTTPS with HTTP/2 so a browser multiplexes its streams.
+        server: configuration.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1) }
+            ?? .orderStatusHTTP1(configuration: http1, eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName)),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         onServerRunning: onServerRunning,
         logger: logger

@@ -28,6 +28,9 @@ public struct Configuration: Sendable {
     public var logLevel: Logger.Level = .info
     /// Bearer-token checks; nil (authorization off) unless a key is configured.
     public var authorization: AuthorizationSettings?
+    /// HTTPS with HTTP/2 (ALPN h2, else HTTP/1.1) when a certificate and key are configured; nil
+    /// serves plain HTTP/1.1.
+    public var tls: TLSConfiguration?
 
     public init(database: DatabaseURL) {
         self.database = database
@@ -54,7 +57,7 @@ public struct Configuration: Sendable {
         ("LISTENER_PING_SECONDS", "listener-ping-seconds", "how often the LISTEN connection is checked (default 10)"),
         ("LISTENER_PING_TIMEOUT_SECONDS", "listener-ping-timeout-seconds", "an unanswered check closes that connection after this (default 5)"),
         ("LOG_LEVEL", "log-level", "trace, debug, info, notice, warning, error or critical (default info)"),
-    ] + AuthorizationSettings.settings
+    ] + ServerTLS.settings + AuthorizationSettings.settings
 
     /// Reads the settings from `values`, keyed by environment variable name.
     public init(values: [String: String]) throws(ConfigurationError) {
@@ -120,6 +123,7 @@ public struct Configuration: Sendable {
             }
             self.logLevel = parsed
         }
+        self.tls = try ServerTLS.read(from: values)
         self.authorization = try AuthorizationSettings.read(from: values)
     }
 

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// A whole HTTP response as a test reads it.
 struct TestResponse: Sendable {
@@ -30,10 +31,13 @@ struct TestResponse: Sendable {
     }
 }
 
-/// One client for the suite, allowed many connections per host: each open stream holds one.
+/// One client for the suite, allowed many connections per host: each open HTTP/1 stream holds one.
 let testHTTPClient: HTTPClient = {
     var configuration = HTTPClient.Configuration()
     configuration.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 4096)
+    // Services started with TLS settings use self-signed certificates made by the test.
+    configuration.tlsConfiguration = .makeClientConfiguration()
+    configuration.tlsConfiguration?.certificateVerification = .none
     configuration.timeout.connect = .seconds(10)
     return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
 }()

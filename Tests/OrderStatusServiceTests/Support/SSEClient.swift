@@ -13,14 +13,16 @@ enum SSEItem: Equatable, Sendable {
 final class SSEConnection: @unchecked Sendable {
     let status: Int
     let headers: HTTPHeaders
+    let version: HTTPVersion
     private var box: IteratorBox?
     private var pending = ""
     private(set) var raw = ""
     private(set) var ended = false
 
-    private init(status: Int, headers: HTTPHeaders, iterator: HTTPClientResponse.Body.AsyncIterator) {
+    private init(status: Int, headers: HTTPHeaders, version: HTTPVersion, iterator: HTTPClientResponse.Body.AsyncIterator) {
         self.status = status
         self.headers = headers
+        self.version = version
         self.box = IteratorBox(iterator)
     }
 
@@ -29,12 +31,12 @@ final class SSEConnection: @unchecked Sendable {
         box = nil
     }
 
-    static func open(_ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "") async throws -> SSEConnection {
+    static func open(_ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "", client: HTTPClient = testHTTPClient) async throws -> SSEConnection {
         var request = HTTPClientRequest(url: service.baseURL + "/events/order-status/\(orderID)" + query)
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: lastEventID) }
         // A deadline on the whole exchange: a read that never ends fails the test instead of hanging it.
-        let response = try await testHTTPClient.execute(request, timeout: .seconds(90))
-        return SSEConnection(status: Int(response.status.code), headers: response.headers, iterator: response.body.makeAsyncIterator())
+        let response = try await client.execute(request, timeout: .seconds(90))
+        return SSEConnection(status: Int(response.status.code), headers: response.headers, version: response.version, iterator: response.body.makeAsyncIterator())
     }
 
     /// The next item, or nil when the server ended the stream.

@@ -85,7 +85,9 @@ struct TestService: Sendable {
             }
             var iterator = ports.makeAsyncIterator()
             guard let port = await iterator.next() else { throw TestFailure("the service did not start") }
-            let service = TestService(baseURL: "http://127.0.0.1:\(port)", port: port)
+            // A certificate in the settings turns on HTTPS (and HTTP/2).
+            let scheme = configuration.tls == nil ? "http" : "https"
+            let service = TestService(baseURL: "\(scheme)://127.0.0.1:\(port)", port: port)
             do {
                 try await service.waitUntilReady()
                 let result = try await body(service)
