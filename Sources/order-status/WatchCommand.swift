@@ -15,8 +15,9 @@ struct Watch: AsyncParsableCommand {
               order-status watch A1001
               ORDER_STATUS_URL=https://orders.example.com order-status watch A1001 --token "$READER"
               order-status watch A1001 --last-event-id 57 --json
-            Exits 0 once the order has reached a terminal status, 1 when the service refuses the
-            stream (an unknown order, a missing or insufficient token). A dropped connection is
+
+            Exits 0 once the order has reached a terminal status, 1 when the service refuses the \
+            stream (an unknown order, a missing or insufficient token). A dropped connection is \
             resumed after the server's retry: delay, with a note on standard error.
             """
     )

@@ -58,8 +58,10 @@ struct SettingsOptions: ParsableArguments {
     }
 }
 
-// The entry point. With more than one file in the target, main.swift is top-level code, where @main is refused.
-await OrderStatusCommand.main()
+// The entry point. With more than one file in the target, main.swift is top-level code, where @main
+// is refused and `main()` resolves to the synchronous one; inside an async function it is the async one.
+func start() async { await OrderStatusCommand.main() }
+await start()
 
 struct OrderStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
