@@ -151,6 +151,8 @@ struct OrderStreamFollower {
         if let error = error as? HTTPClientError {
             switch error {
             case .readTimeout: return "nothing received for too long"
+            case .deadlineExceeded: return "no answer in time"
+            case .connectTimeout: return "connecting timed out"
             case .remoteConnectionClosed: return "the server closed the connection"
             default: return "\(error)"
             }

@@ -20,6 +20,7 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        Self.closeInheritedDescriptors(&actions)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
@@ -68,6 +69,16 @@ final class ChildProcess: Sendable {
         let output = child.output
         try? FileManager.default.removeItem(atPath: child.outputPath)
         return (status, output)
+    }
+
+    /// Closes every descriptor above standard error in the child. NIO's sockets are not
+    /// close-on-exec, so a child would otherwise keep a copy of every listening socket of the test
+    /// process: a port would stay bound (accepting, never answering) after its service stopped.
+    /// glibc 2.34 has the action; Swift's Glibc module does not declare it (it is a GNU extension).
+    private static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return }
+        _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
     }
 
     private static func decode(_ raw: Int32) -> Int32 {

@@ -1,0 +1,269 @@
+import Foundation
+import JWTKit
+import Testing
+@testable import OrderStatusService
+
+/// `order-status watch` as a user runs it: the built executable as a child process against a real
+/// service, its printed lines read from its output with deadlines.
+@Suite("order-status watch", .timeLimit(.minutes(5)))
+struct WatchCommandTests {
+    @Test func printsEachChangeInOrderAndExitsAfterTheTerminalOne() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID("WA")
+            try await service.createOrder(id, metadata: #"{"customer":"c-9"}"#)
+            let watch = try WatchProcess([id, "--url", service.baseURL])
+            let json = try WatchProcess([id, "--url", service.baseURL, "--json"])
+            defer { watch.stop(); json.stop() }
+            try await watch.waitForEvents(1)
+            try await json.waitFor("the first JSON line") { $0.contains("\n") }
+            // Each change only once the previous line showed: the lines arrive live, one per change.
+            for (index, (status, metadata)) in [("paid", #"{"paymentRef":"p-1"}"#), ("processing", "null"), ("delivered", "null")].enumerated() {
+                #expect(try await service.changeStatus(id, to: status, metadata: metadata).status == 200)
+                try await watch.waitForEvents(index + 2)
+            }
+            #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+            #expect(try await json.waitForExit() == 0, "\(json.output)")
+
+            let ids = try await service.eventIDs(of: id)
+            let events = watch.events
+            #expect(events.map(\.id) == ids)
+            #expect(events.map(\.status) == ["pending", "paid", "processing", "delivered"])
+            #expect(events.map(\.previous) == ["created", "pending", "paid", "processing"])
+            #expect(events.map(\.version) == ["v1", "v2", "v3", "v4"])
+            #expect(events.map(\.metadata) == [#"{"customer":"c-9"}"#, #"{"paymentRef":"p-1"}"#, "", ""])
+            #expect(watch.output.split(separator: "\n").count == 4, "nothing but the four lines:\n\(watch.output)")
+            #expect(!watch.output.contains("\u{1B}["), "no colour when standard output is not a terminal")
+            // --json prints each event's data exactly as the service encodes it.
+            let encoded = try await service.eventJSON(of: id)
+            #expect(json.output.split(separator: "\n").map(String.init) == ids.map { encoded[$0]! })
+        }
+    }
+
+    @Test func resumesAfterTheServiceRestartsWithNothingMissedOrRepeated() async throws {
+        // Both instances serve one URL, on a port outside the kernel's ephemeral range: there, while
+        // no instance listens, a connection could be given it as its own source and connect to itself.
+        let port = try unusedPortOutsideTheEphemeralRange()
+        // A short retry: so that the command comes back quickly; no spread: the stream ends at once.
+        let settings = ["SSE_RETRY_MS": "200", "SSE_RETRY_JITTER_PERCENT": "0", "SHUTDOWN_SPREAD_SECONDS": "0", "PORT": "\(port)"]
+        // A deadline of its own: a service that cannot bind its port would leave TestService waiting.
+        try await withDeadline(.seconds(120), "following across a restart") {
+            // Another instance on the same database stays up throughout, to change the order meanwhile.
+            try await TestService.with { other in
+                let id = uniqueOrderID("WR")
+                try await other.createOrder(id)
+                let watch = try await TestService.with(settings: settings) { first in
+                    let watch = try WatchProcess([id, "--url", first.baseURL])
+                    do {
+                        try await watch.waitForEvents(1)
+                        try await first.changeStatus(id, to: "paid")
+                        try await watch.waitForEvents(2)
+                    } catch {
+                        watch.stop()
+                        throw error
+                    }
+                    return watch
+                }
+                defer { watch.stop() }
+                // The first instance has shut down, ending the stream: the command says so and retries.
+                let paid = try await other.eventIDs(of: id)[1]
+                try await watch.waitFor("the note on the drop") { $0.contains("connection lost") && $0.contains("(after event \(paid))") }
+                try await watch.waitFor("a refused attempt") { $0.contains("cannot connect: connection refused; reconnecting in 0.2 s (after event \(paid))") }
+                // Committed while no instance serves the command's URL: it must come from the replay.
+                try await other.changeStatus(id, to: "processing")
+                try await TestService.with(settings: settings) { second in
+                    try await watch.waitForEvents(3)
+                    try await second.changeStatus(id, to: "shipped")
+                    try await watch.waitForEvents(4)
+                    try await second.changeStatus(id, to: "delivered")
+                    #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+                }
+                let ids = try await other.eventIDs(of: id)
+                #expect(watch.events.map(\.id) == ids, "every event once, in order:\n\(watch.output)")
+                #expect(watch.events.map(\.status) == ["pending", "paid", "processing", "shipped", "delivered"])
+                #expect(watch.output.contains("connection lost: the server ended the stream; reconnecting in 0.2 s (after event \(paid))"), "\(watch.output)")
+            }
+        }
+    }
+
+    @Test func lastEventIDSkipsEarlierEventsAnd204EndsAtOnce() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID("WL")
+            try await service.createOrder(id)
+            try await service.changeStatus(id, to: "paid")
+            try await service.changeStatus(id, to: "processing")
+            let first = try await service.eventIDs(of: id)[0]
+            let watch = try WatchProcess([id, "--url", service.baseURL, "--last-event-id", "\(first)"])
+            defer { watch.stop() }
+            try await watch.waitForEvents(2)
+            try await service.changeStatus(id, to: "cancelled")
+            #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+            let ids = try await service.eventIDs(of: id)
+            #expect(watch.events.map(\.id) == Array(ids.dropFirst()), "nothing at or before event \(first):\n\(watch.output)")
+            #expect(watch.events.map(\.status) == ["paid", "processing", "cancelled"])
+
+            // Past the terminal event the service answers 204: nothing to print, and done.
+            let after = try WatchProcess([id, "--url", service.baseURL, "--last-event-id", "\(ids.last!)"])
+            defer { after.stop() }
+            #expect(try await after.waitForExit() == 0, "\(after.output)")
+            #expect(after.events.isEmpty)
+            #expect(after.output.contains("nothing more to follow"), "\(after.output)")
+        }
+    }
+
+    @Test func unknownOrderExitsNonZeroWithTheProblemDetail() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID("WU")
+            let watch = try WatchProcess([id, "--url", service.baseURL])
+            defer { watch.stop() }
+            #expect(try await watch.waitForExit() == 1, "\(watch.output)")
+            #expect(watch.output == "error: 404 Not Found: No order has the id '\(id)'.\n")
+        }
+    }
+
+    @Test func sendsTheTokenAndReportsRefusals() async throws {
+        let secret = "watch-test-secret-of-more-than-32-bytes-0123456789"
+        try await TestService.with(settings: ["AUTH_HS256_SECRET": secret]) { service in
+            let signer = TokenSigner(hs256: HMACKey(from: secret))
+            func token(scopes: [String] = [], orders: [String] = []) async throws -> String {
+                let now = Date()
+                return try await signer.sign(AccessClaims(expires: now.addingTimeInterval(300), issuedAt: now, issuer: nil, audience: nil,
+                                                          subject: "watch-test", scopes: scopes, orders: orders), kid: nil)
+            }
+            let id = uniqueOrderID("WT")
+            let created = try await service.post("/orders", #"{"id":"\#(id)","status":"delivered"}"#,
+                                                 headers: [("Authorization", "Bearer \(try await token(scopes: ["orders:write"]))")])
+            #expect(created.status == 201, "\(created.body)")
+
+            let anonymous = try WatchProcess([id, "--url", service.baseURL])
+            defer { anonymous.stop() }
+            #expect(try await anonymous.waitForExit() == 1)
+            #expect(anonymous.output.hasPrefix("error: 401 Unauthorized: "), "\(anonymous.output)")
+
+            let otherOrder = try WatchProcess([id, "--url", service.baseURL, "--token", try await token(orders: ["someone-else"])])
+            defer { otherOrder.stop() }
+            #expect(try await otherOrder.waitForExit() == 1)
+            #expect(otherOrder.output.hasPrefix("error: 403 Forbidden: The token does not grant access to the order '\(id)'"), "\(otherOrder.output)")
+
+            // The token from the environment, as a shell session would keep it.
+            let named = try WatchProcess([id], environment: ["ORDER_STATUS_URL": service.baseURL, "ORDER_STATUS_TOKEN": try await token(orders: [id])])
+            defer { named.stop() }
+            #expect(try await named.waitForExit() == 0, "\(named.output)")
+            #expect(named.events.map(\.status) == ["delivered"])
+        }
+    }
+}
+
+/// The command's stream parser on its own, fed the same bytes whole and in every split.
+@Suite("order-status watch: EventStreamReader")
+struct WatchCommandReaderTests {
+    static let stream = "retry: 2500\r\n\r\n: heartbeat\n\nid: 7\nevent: order-status\ndata: {\"a\":\"é\"}\n\n"
+        + "id: 8\rdata:first\rdata: second\r\r" + "id: 9\n\n" + "data: no type\nunknown: x\nretry: soon\n\n" + "id: 10\ndata: cut off"
+    static let expected: [EventStreamReader.Item] = [
+        .retry(milliseconds: 2500), .comment("heartbeat"),
+        .event(type: "order-status", data: #"{"a":"é"}"#, lastEventID: "7"),
+        .event(type: "message", data: "first\nsecond", lastEventID: "8"),
+        .event(type: "message", data: "no type", lastEventID: "9"),
+    ]
+
+    @Test func wholeAndByteByByte() {
+        var whole = EventStreamReader()
+        #expect(whole.feed(Array(Self.stream.utf8)) == Self.expected)
+        // An id without data moves the last event id; an event cut off by the drop does not.
+        #expect(whole.lastEventID == "9")
+        var bytewise = EventStreamReader()
+        #expect(Self.stream.utf8.flatMap { bytewise.feed([$0]) } == Self.expected)
+        #expect(bytewise.lastEventID == "9")
+    }
+
+    @Test func everySplitInTwo() {
+        let bytes = Array(Self.stream.utf8)
+        for split in 0...bytes.count {
+            var reader = EventStreamReader()
+            let items = reader.feed(bytes[..<split]) + reader.feed(bytes[split...])
+            #expect(items == Self.expected, "split at \(split)")
+        }
+    }
+
+    @Test func resumesFromTheGivenID() {
+        var reader = EventStreamReader(lastEventID: "41")
+        #expect(reader.feed(Array("data: x\n\n".utf8)) == [.event(type: "message", data: "x", lastEventID: "41")])
+    }
+}
+
+/// `order-status watch` running as a child process; standard output and error share its log file.
+struct WatchProcess: Sendable {
+    let child: ChildProcess
+
+    /// One printed event line, split into its columns.
+    struct Line: Sendable {
+        var id: Int64, version: String, previous: String, status: String, metadata: String
+    }
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        var values = ProcessInfo.processInfo.environment
+        (values["ORDER_STATUS_URL"], values["ORDER_STATUS_TOKEN"]) = (nil, nil)
+        values.merge(environment) { $1 }
+        child = try ChildProcess(try ServiceProcess.executable, ["watch"] + arguments, environment: values)
+    }
+
+    var output: String { child.output }
+
+    /// The event lines: `<time>  #<id>  v<version>  <previous> → <status>  <metadata>`.
+    var events: [Line] {
+        output.split(separator: "\n").compactMap { line in
+            let columns = line.split(separator: " ")
+            guard columns.count >= 6, columns[4] == "→", columns[1].hasPrefix("#"), let id = Int64(columns[1].dropFirst()) else { return nil }
+            return Line(id: id, version: String(columns[2]), previous: String(columns[3]), status: String(columns[5]),
+                        metadata: columns.dropFirst(6).joined(separator: " "))
+        }
+    }
+
+    /// Waits until the output satisfies `condition`. The child announces nothing but its output,
+    /// so the log file is checked every 20 ms, up to a deadline.
+    func waitFor(_ what: String, within limit: Duration = .seconds(10), _ condition: @Sendable (String) -> Bool) async throws {
+        try await eventually(what, within: limit) {
+            if condition(output) { return true }
+            guard child.isRunning else { throw TestFailure("watch exited before \(what):\n\(output)") }
+            return false
+        }
+    }
+
+    func waitForEvents(_ count: Int, within limit: Duration = .seconds(10)) async throws {
+        try await waitFor("\(count) event lines", within: limit) { _ in events.count >= count }
+        #expect(events.count == count, "\(output)")
+    }
+
+    func waitForExit(within limit: Duration = .seconds(10)) async throws -> Int32 {
+        do {
+            try await eventually("watch exiting", within: limit) { !child.isRunning }
+        } catch {
+            throw TestFailure("\(error); its output:\n\(output)")
+        }
+        return try await child.waitForExit()
+    }
+
+    /// Kills the command if it still runs (a failed test must not leave it reconnecting forever).
+    func stop() {
+        if child.isRunning { child.signal(SIGKILL) }
+    }
+}
+
+/// A port of 127.0.0.1 that nothing holds now, below the ephemeral range (32768 up on Linux), so no
+/// outgoing connection is given it while the test lets it go and binds it again.
+func unusedPortOutsideTheEphemeralRange() throws -> Int {
+    for _ in 0..<100 {
+        let port = Int.random(in: 20_000..<32_000)
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { break }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if bound == 0 { return port }
+    }
+    throw TestFailure("no unused port below 32000")
+}
