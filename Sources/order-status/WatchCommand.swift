@@ -120,7 +120,7 @@ struct OrderStreamFollower {
             return .terminal
         case 400..<500:
             let body = try? await response.body.collect(upTo: 64 * 1024)
-            standardError("error: \(response.status.code) \(response.status.reasonPhrase): \(Self.detail(of: body))")
+            standardError("Error: \(response.status.code) \(response.status.reasonPhrase): \(Self.detail(of: body))")
             throw ExitCode.failure
         default:
             // 503 and friends are passing (a full instance, an unreachable database): retry, no sooner than asked.

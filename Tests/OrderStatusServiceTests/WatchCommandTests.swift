@@ -116,7 +116,7 @@ struct WatchCommandTests {
             let watch = try WatchProcess([id, "--url", service.baseURL])
             defer { watch.stop() }
             #expect(try await watch.waitForExit() == 1, "\(watch.output)")
-            #expect(watch.output == "error: 404 Not Found: No order has the id '\(id)'.\n")
+            #expect(watch.output == "Error: 404 Not Found: No order has the id '\(id)'.\n")
         }
     }
 
@@ -137,12 +137,12 @@ struct WatchCommandTests {
             let anonymous = try WatchProcess([id, "--url", service.baseURL])
             defer { anonymous.stop() }
             #expect(try await anonymous.waitForExit() == 1)
-            #expect(anonymous.output.hasPrefix("error: 401 Unauthorized: "), "\(anonymous.output)")
+            #expect(anonymous.output.hasPrefix("Error: 401 Unauthorized: "), "\(anonymous.output)")
 
             let otherOrder = try WatchProcess([id, "--url", service.baseURL, "--token", try await token(orders: ["someone-else"])])
             defer { otherOrder.stop() }
             #expect(try await otherOrder.waitForExit() == 1)
-            #expect(otherOrder.output.hasPrefix("error: 403 Forbidden: The token does not grant access to the order '\(id)'"), "\(otherOrder.output)")
+            #expect(otherOrder.output.hasPrefix("Error: 403 Forbidden: The token does not grant access to the order '\(id)'"), "\(otherOrder.output)")
 
             // The token from the environment, as a shell session would keep it.
             let named = try WatchProcess([id], environment: ["ORDER_STATUS_URL": service.baseURL, "ORDER_STATUS_TOKEN": try await token(orders: [id])])
