@@ -50,7 +50,7 @@ struct Watch: AsyncParsableCommand {
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         var follower = OrderStreamFollower(
             client: client, streamURL: "\(base)/events/order-status/\(orderID)", token: token ?? environment["ORDER_STATUS_TOKEN"],
-            lastEventID: lastEventId.map(String.init) ?? "", verbose: verbose,
+            lastEventID: lastEventId.map(String.init) ?? "", verbose: verbose, idleTimeout: idleTimeout,
             printer: StatusChangePrinter(json: json, coloured: !json && isatty(STDOUT_FILENO) == 1 && environment["NO_COLOR"] == nil)
         )
         let outcome: Result<Void, Error>
@@ -72,6 +72,7 @@ struct OrderStreamFollower {
     let token: String?
     var lastEventID: String
     let verbose: Bool
+    let idleTimeout: Int64
     let printer: StatusChangePrinter
     /// EventSource's usual delay, and this service's default, until the server sends `retry:`.
     var retry = Duration.milliseconds(3000)
@@ -109,7 +110,7 @@ struct OrderStreamFollower {
             // The deadline covers the response head only; the body may last as long as the order.
             response = try await client.execute(request, timeout: .seconds(30))
         } catch {
-            return .dropped(reason: "cannot connect: \(Self.describe(error))", delay: retry)
+            return .dropped(reason: "cannot connect: \(describe(error))", delay: retry)
         }
         switch response.status.code {
         case 200:
@@ -143,14 +144,14 @@ struct OrderStreamFollower {
             }
             return .dropped(reason: "connection lost: the server ended the stream", delay: retry)
         } catch {
-            return .dropped(reason: "connection lost: \(Self.describe(error))", delay: retry)
+            return .dropped(reason: "connection lost: \(describe(error))", delay: retry)
         }
     }
 
-    private static func describe(_ error: Error) -> String {
+    private func describe(_ error: Error) -> String {
         if let error = error as? HTTPClientError {
             switch error {
-            case .readTimeout: return "nothing received for too long"
+            case .readTimeout: return "nothing received for \(idleTimeout) s, not even a heartbeat"
             case .deadlineExceeded: return "no answer in time"
             case .connectTimeout: return "connecting timed out"
             case .remoteConnectionClosed: return "the server closed the connection"
