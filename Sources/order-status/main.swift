@@ -25,6 +25,7 @@ struct SettingsOptions: ParsableArguments {
     @Option(help: "How often the LISTEN connection is checked, seconds (default 10)  [env: LISTENER_PING_SECONDS]") var listenerPingSeconds: String?
     @Option(help: "Unanswered check closes it after, seconds (default 5)  [env: LISTENER_PING_TIMEOUT_SECONDS]") var listenerPingTimeoutSeconds: String?
     @Option(help: "Log level (default info)  [env: LOG_LEVEL]") var logLevel: String?
+    @Option(help: "Log format: text or json, one object per line (default text)  [env: LOG_FORMAT]") var logFormat: String?
     @Option(help: "PEM certificate chain; with the key, serves HTTPS and HTTP/2  [env: TLS_CERTIFICATE_FILE]") var tlsCertificateFile: String?
     @Option(help: "PEM private key of that certificate  [env: TLS_PRIVATE_KEY_FILE]") var tlsPrivateKeyFile: String?
     @OptionGroup var authorization: AuthorizationOptions
@@ -40,7 +41,7 @@ struct SettingsOptions: ParsableArguments {
             "STREAM_BUFFER_FRAMES": streamBufferFrames, "MAX_STREAMS": maxStreams, "MAX_POLLS": maxPolls,
             "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds,
             "LISTENER_PING_SECONDS": listenerPingSeconds, "LISTENER_PING_TIMEOUT_SECONDS": listenerPingTimeoutSeconds, "LOG_LEVEL": logLevel,
-            "TLS_CERTIFICATE_FILE": tlsCertificateFile, "TLS_PRIVATE_KEY_FILE": tlsPrivateKeyFile,
+            "LOG_FORMAT": logFormat, "TLS_CERTIFICATE_FILE": tlsCertificateFile, "TLS_PRIVATE_KEY_FILE": tlsPrivateKeyFile,
         ]
         for case let (name, value?) in flags { values[name] = value }
         values.merge(authorization.flags) { $1 }
@@ -51,7 +52,11 @@ struct SettingsOptions: ParsableArguments {
         }
     }
 
+    /// The process's logger. Bootstrapping swift-log also gives the libraries' own loggers (those
+    /// not handed ours) the chosen format, so no line of the process breaks a JSON log.
     func logger(_ configuration: Configuration) -> Logger {
+        let format = configuration.logFormat
+        LoggingSystem.bootstrap { label in format.makeHandler(label: label) }
         var logger = Logger(label: "order-status")
         logger.logLevel = configuration.logLevel
         return logger

@@ -26,6 +26,7 @@ public struct Configuration: Sendable {
     public var listenerPingInterval: Duration = .seconds(10)
     public var listenerPingTimeout: Duration = .seconds(5)
     public var logLevel: Logger.Level = .info
+    public var logFormat: LogFormat = .text
     /// Bearer-token checks; nil (authorization off) unless a key is configured.
     public var authorization: AuthorizationSettings?
     /// HTTPS with HTTP/2 (ALPN h2, else HTTP/1.1) when a certificate and key are configured; nil
@@ -57,6 +58,7 @@ public struct Configuration: Sendable {
         ("LISTENER_PING_SECONDS", "listener-ping-seconds", "how often the LISTEN connection is checked (default 10)"),
         ("LISTENER_PING_TIMEOUT_SECONDS", "listener-ping-timeout-seconds", "an unanswered check closes that connection after this (default 5)"),
         ("LOG_LEVEL", "log-level", "trace, debug, info, notice, warning, error or critical (default info)"),
+        ("LOG_FORMAT", "log-format", "text, or json for one JSON object per line (default text)"),
     ] + ServerTLS.settings + AuthorizationSettings.settings
 
     /// Reads the settings from `values`, keyed by environment variable name.
@@ -122,6 +124,12 @@ public struct Configuration: Sendable {
                 throw ConfigurationError("LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical, not '\(level)'")
             }
             self.logLevel = parsed
+        }
+        if let format = value("LOG_FORMAT") {
+            guard let parsed = LogFormat(rawValue: format.lowercased()) else {
+                throw ConfigurationError("LOG_FORMAT must be text or json, not '\(format)'")
+            }
+            self.logFormat = parsed
         }
         self.tls = try ServerTLS.read(from: values)
         self.authorization = try AuthorizationSettings.read(from: values)
