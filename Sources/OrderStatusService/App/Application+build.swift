@@ -10,14 +10,14 @@ import UnixSignals
 public struct ServiceParts: Sendable {
     public let postgres: PostgresClient
     public let store: OrderStore
-    public let metrics: DeliveryMetrics
+    public let metrics: ServiceMetrics
     public let hub: OrderEventHub
     public let listener: NotificationListener
 
     public init(configuration: Configuration, logger: Logger) throws {
         postgres = PostgresClient(configuration: configuration.database.clientConfiguration(poolSize: configuration.databasePoolSize), backgroundLogger: logger)
-        store = OrderStore(client: postgres, logger: logger, timeout: configuration.databaseTimeout)
-        metrics = DeliveryMetrics()
+        metrics = ServiceMetrics(configuration: configuration)
+        store = OrderStore(client: postgres, logger: logger, timeout: configuration.databaseTimeout, metrics: metrics.database)
         hub = OrderEventHub(
             store: store,
             configuration: .init(
@@ -27,7 +27,7 @@ public struct ServiceParts: Sendable {
                 maximumPolls: configuration.maximumPolls,
                 shutdownSpread: configuration.shutdownSpread
             ),
-            metrics: metrics,
+            metrics: metrics.delivery,
             logger: logger
         )
         listener = NotificationListener(
@@ -37,7 +37,7 @@ public struct ServiceParts: Sendable {
                 pingTimeout: configuration.listenerPingTimeout
             ),
             hub: hub,
-            metrics: metrics,
+            metrics: metrics.delivery,
             logger: logger
         )
     }
@@ -51,6 +51,9 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let router = Router(context: BasicRequestContext.self)
+    // Outermost, so every response (a CORS preflight, a 404) carries the request id and is timed.
+    router.add(middleware: RequestIDMiddleware())
+    router.add(middleware: HTTPMetricsMiddleware(metrics: parts.metrics.http))
     if !configuration.corsAllowedOrigins.isEmpty {
         router.add(middleware: CORSAllowList(origins: Set(configuration.corsAllowedOrigins)))
     }
@@ -65,7 +68,7 @@ public func buildApplication(
         retry: .init(milliseconds: configuration.sseRetryMilliseconds, jitterPercent: configuration.sseRetryJitterPercent),
         bufferCapacity: configuration.streamBufferFrames
     ).addRoutes(to: router.group().authorized(by: authorization))
-    HealthController(store: parts.store, listener: parts.listener, metrics: parts.metrics).addRoutes(to: router)
+    HealthController(store: parts.store, listener: parts.listener, registry: parts.metrics.registry).addRoutes(to: router)
     LivePageController().addRoutes(to: router)
 
     // Headers are capped well below NIO's 80 KiB default; the idle timeout closes connections that

@@ -275,7 +275,11 @@ public actor OrderEventHub: Service {
             delivered += batch.count
             releasePoll(on: orderID, id: id)
         }
-        if delivered > 0 { metrics.eventsDelivered.increment(by: Int64(delivered)) }
+        if delivered > 0 {
+            metrics.eventsDelivered.increment(by: Int64(delivered))
+            // Per event, not per subscriber: each event of the pass was read for someone's position.
+            metrics.recordDeliveryLag(of: events)
+        }
     }
 
     /// Queues a frame for a stream. A stream whose queue is full has stopped reading: it is closed

@@ -18,6 +18,8 @@ public enum SSEFrame {
 public struct EncodedEvent: Sendable {
     public let id: Int64
     public let isTerminal: Bool
+    /// The commit time as the API writes it; the hub measures delivery lag from it.
+    public let occurredAt: String
     public let json: ByteBuffer
     public let frame: ByteBuffer
 
@@ -25,6 +27,7 @@ public struct EncodedEvent: Sendable {
         let json = event.json
         self.id = event.id
         self.isTerminal = event.isTerminal
+        self.occurredAt = event.occurredAt
         self.json = ByteBuffer(string: json)
         self.frame = SSEFrame.event(id: event.id, json: json)
     }

@@ -13,14 +13,15 @@ struct CORSAllowList<Context: RequestContext>: RouterMiddleware {
             return Response(status: .noContent, headers: [
                 .accessControlAllowOrigin: origin,
                 .accessControlAllowMethods: "GET, POST, OPTIONS",
-                .accessControlAllowHeaders: "Authorization, Content-Type, If-Match, Last-Event-ID",
+                .accessControlAllowHeaders: "Authorization, Content-Type, If-Match, Last-Event-ID, X-Request-Id",
                 .accessControlMaxAge: "600",
                 .vary: "Origin",
             ])
         }
         var response = try await next(request, context)
         response.headers[.accessControlAllowOrigin] = origin
-        response.headers[.accessControlExposeHeaders] = "ETag, Location, Retry-After, WWW-Authenticate"
+        // X-Request-Id too, so a page can quote the id of a failed call to support.
+        response.headers[.accessControlExposeHeaders] = "ETag, Location, Retry-After, WWW-Authenticate, X-Request-Id"
         response.headers[values: .vary].append("Origin")
         return response
     }

@@ -7,6 +7,8 @@ import NIOHTTPTypes
 /// Answers a connection's first request when it asks for an event stream: the router runs it as
 /// any request (middleware, authorization, `EventStreamController`), and the response is written
 /// straight to the channel. A stream the controller hands to the hub stays open after this returns.
+/// The router's middleware runs here too, so the stream's request id and its opening response's
+/// duration and status are recorded as for any other request.
 struct EventStreamResponder: Sendable {
     let router: RouterResponder<BasicRequestContext>
     let serverName: String?
@@ -23,6 +25,8 @@ struct EventStreamResponder: Sendable {
             // ProblemMiddleware answers every error it sees; this is what slips past it.
             response = Response(status: .internalServerError)
         }
+        // The id RequestIDMiddleware chose (the client's or the one made above), for this function's own lines.
+        if let requestID = response.headers[.requestID] { logger[metadataKey: RequestIDs.metadataKey] = .string(requestID) }
         // The stream owns the connection: nothing can follow it on this connection.
         response.headers[.connection] = "close"
         if let serverName { response.headers[.server] = serverName }

@@ -6,7 +6,7 @@ import Prometheus
 struct HealthController<Context: RequestContext> {
     let store: OrderStore
     let listener: NotificationListener
-    let metrics: DeliveryMetrics
+    let registry: PrometheusCollectorRegistry
 
     func addRoutes(to router: Router<Context>) {
         router.get("/healthz", use: healthz).allow([.get], on: "/healthz")
@@ -32,7 +32,7 @@ struct HealthController<Context: RequestContext> {
 
     @Sendable func prometheusText(_ request: Request, context: Context) async throws -> Response {
         var bytes: [UInt8] = []
-        metrics.registry.emit(into: &bytes)
+        registry.emit(into: &bytes)
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }

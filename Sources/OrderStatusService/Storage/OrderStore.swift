@@ -13,16 +13,19 @@ public struct OrderStore: Sendable {
     /// How long an operation may wait for the database: without a bound, postgres-nio waits for a
     /// connection as long as the database is away, and requests would hang instead of failing.
     let timeout: Duration
+    /// Operations in flight and their durations: the pool's use, which PostgresClient does not publish.
+    let metrics: DatabaseMetrics
 
-    public init(client: PostgresClient, logger: Logger, timeout: Duration = .seconds(5)) {
+    public init(client: PostgresClient, logger: Logger, timeout: Duration = .seconds(5), metrics: DatabaseMetrics = DatabaseMetrics()) {
         self.client = client
         self.logger = logger
         self.timeout = timeout
+        self.metrics = metrics
     }
 
     /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`.
     func bounded<T: Sendable>(by limit: Duration? = nil, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await DatabaseDeadline.run(within: limit ?? timeout, operation)
+        try await metrics.measure { try await DatabaseDeadline.run(within: limit ?? timeout, operation) }
     }
 
     /// Creates an order and its first event. Throws `OrderStoreError.orderExists` for a taken id.
