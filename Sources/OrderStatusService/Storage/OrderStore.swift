@@ -36,26 +36,9 @@ public struct OrderStore: Sendable {
     private func createNow(_ order: NewOrder) async throws -> (Order, OrderEvent) {
         let id = order.id ?? OrderID.generate()
         // One statement is one transaction: the order, its event and the notification commit together.
-        let query: PostgresQuery = """
-            WITH new_order AS (
-                INSERT INTO orders (id, status, version, metadata, created_at, updated_at, last_event_id)
-                VALUES (\(id.rawValue), \(order.status.rawValue), 1, \(order.metadata?.json)::jsonb, now(), now(),
-                        nextval(pg_get_serial_sequence('order_events', 'id')))
-                ON CONFLICT (id) DO NOTHING
-                RETURNING *
-            ), new_event AS (
-                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-                SELECT last_event_id, id, status, NULL, 1, created_at, metadata FROM new_order
-                RETURNING *
-            ), notified AS (
-                SELECT pg_notify('\(unescaped: Self.notificationChannel)', id || ':' || order_id) FROM new_event
-            )
-            SELECT \(unescaped: SQL.orderColumns("o")), \(unescaped: SQL.eventColumns("e"))
-            FROM new_order o, new_event e, notified
-            """
-        let rows = try await client.query(query, logger: logger)
-        for try await row in rows {
-            return try SQL.orderAndEvent(row)
+        let statement = OrderStatements.Create(id: id.rawValue, status: order.status.rawValue, metadata: order.metadata?.json)
+        for try await created in try await client.execute(statement, logger: logger) {
+            return created
         }
         throw OrderStoreError.orderExists(id)
     }
@@ -65,12 +48,8 @@ public struct OrderStore: Sendable {
     }
 
     private func orderNow(_ id: OrderID) async throws -> Order? {
-        let rows = try await client.query(
-            "SELECT \(unescaped: SQL.orderColumns("o")) FROM orders o WHERE o.id = \(id.rawValue)",
-            logger: logger
-        )
-        for try await row in rows {
-            return try SQL.order(try row.decode(SQL.OrderRow.self))
+        for try await order in try await client.execute(OrderStatements.OrderByID(id: id.rawValue), logger: logger) {
+            return order
         }
         return nil
     }
@@ -86,36 +65,14 @@ public struct OrderStore: Sendable {
     /// order (changed or as it stands) and the event, if one was written; a refusal is then
     /// explained from the same locked row.
     private func changeStatusNow(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
-        let sources = OrderStatus.sources(allowedToMoveTo: change.status).map(\.rawValue)
-        let versions = allowedVersions.map { Array($0) }
-        let rows = try await client.query(
-            """
-            WITH current_order AS (
-                SELECT * FROM orders WHERE id = \(id.rawValue) FOR UPDATE
-            ), changed_order AS (
-                UPDATE orders o SET status = \(change.status.rawValue), version = o.version + 1, updated_at = now(),
-                    last_event_id = nextval(pg_get_serial_sequence('order_events', 'id'))
-                FROM current_order c
-                WHERE o.id = c.id AND c.status = ANY(\(sources)::text[])
-                    AND (\(versions)::int8[] IS NULL OR c.version = ANY(\(versions)::int8[]))
-                RETURNING o.*, c.status AS previous_status
-            ), new_event AS (
-                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-                SELECT last_event_id, id, status, previous_status, version, updated_at, \(change.metadata?.json)::jsonb
-                FROM changed_order
-                RETURNING *
-            ), notified AS (
-                SELECT pg_notify('\(unescaped: Self.notificationChannel)', id || ':' || order_id) FROM new_event
-            ), latest AS (
-                SELECT * FROM changed_order UNION ALL SELECT *, NULL FROM current_order WHERE NOT EXISTS (SELECT FROM changed_order)
-            )
-            SELECT \(unescaped: SQL.orderColumns("o")), \(unescaped: SQL.eventColumns("e"))
-            FROM latest o LEFT JOIN new_event e ON true LEFT JOIN notified ON true
-            """,
-            logger: logger
+        let statement = OrderStatements.ChangeStatus(
+            id: id.rawValue,
+            status: change.status.rawValue,
+            sources: OrderStatus.sources(allowedToMoveTo: change.status).map(\.rawValue),
+            versions: allowedVersions.map { Array($0) },
+            metadata: change.metadata?.json
         )
-        for try await row in rows {
-            let (order, event) = try SQL.orderAndOptionalEvent(row)
+        for try await (order, event) in try await client.execute(statement, logger: logger) {
             if let event { return .changed(order, event) }
             if let allowedVersions, !allowedVersions.contains(order.version) {
                 throw OrderStoreError.versionMismatch(current: order.version)
@@ -135,21 +92,8 @@ public struct OrderStore: Sendable {
     }
 
     private func eventsNow(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
-        let rows = try await client.query(
-            """
-            SELECT o.status, \(unescaped: SQL.eventColumns("e"))
-            FROM orders o
-            LEFT JOIN LATERAL (
-                SELECT * FROM order_events WHERE order_id = o.id AND id > \(after) ORDER BY id LIMIT \(limit)
-            ) e ON true
-            WHERE o.id = \(id.rawValue)
-            ORDER BY e.id
-            """,
-            logger: logger
-        )
         var page: EventPage?
-        for try await row in rows {
-            let (status, event) = try SQL.pageRow(row)
+        for try await (status, event) in try await client.execute(OrderStatements.EventsAfter(id: id.rawValue, after: after, limit: limit), logger: logger) {
             if page == nil {
                 page = EventPage(orderStatus: try SQL.status(status), events: [])
             }
@@ -164,15 +108,8 @@ public struct OrderStore: Sendable {
     }
 
     private func latestEventNow(of id: OrderID) async throws -> OrderEvent? {
-        let rows = try await client.query(
-            """
-            SELECT \(unescaped: SQL.eventColumns("e")) FROM orders o JOIN order_events e ON e.id = o.last_event_id
-            WHERE o.id = \(id.rawValue)
-            """,
-            logger: logger
-        )
-        for try await row in rows {
-            return try SQL.event(try row.decode(SQL.OptionalEventRow.self))
+        for try await event in try await client.execute(OrderStatements.LatestEvent(id: id.rawValue), logger: logger) {
+            return event
         }
         return nil
     }

@@ -1,0 +1,145 @@
+import PostgresNIO
+
+/// The store's statements, prepared once per pooled connection: PostgreSQL then plans each one
+/// once instead of on every call, which on the hot paths costs more than running it.
+enum OrderStatements {
+    /// Creates an order and its first event in one statement; no row when the id is taken.
+    struct Create: PostgresPreparedStatement {
+        static let sql = """
+            WITH new_order AS (
+                INSERT INTO orders (id, status, version, metadata, created_at, updated_at, last_event_id)
+                VALUES ($1, $2, 1, $3::jsonb, now(), now(), nextval(pg_get_serial_sequence('order_events', 'id')))
+                ON CONFLICT (id) DO NOTHING
+                RETURNING *
+            ), new_event AS (
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
+                SELECT last_event_id, id, status, NULL, 1, created_at, metadata FROM new_order
+                RETURNING *
+            ), notified AS (
+                SELECT pg_notify('\(OrderStore.notificationChannel)', id || ':' || order_id) FROM new_event
+            )
+            SELECT \(SQL.orderColumns("o")), \(SQL.eventColumns("e"))
+            FROM new_order o, new_event e, notified
+            """
+
+        let id: String
+        let status: String
+        let metadata: String?
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 3)
+            bindings.append(id)
+            bindings.append(status)
+            bindings.append(metadata)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> (Order, OrderEvent) { try SQL.orderAndEvent(row) }
+    }
+
+    /// Locks the order, changes it only when its status is one of `sources` and its version one of
+    /// `versions` (any, when nil), writes the event and notifies. Returns the order as it now
+    /// stands and the event, if one was written.
+    struct ChangeStatus: PostgresPreparedStatement {
+        static let sql = """
+            WITH current_order AS (
+                SELECT * FROM orders WHERE id = $1 FOR UPDATE
+            ), changed_order AS (
+                UPDATE orders o SET status = $2, version = o.version + 1, updated_at = now(),
+                    last_event_id = nextval(pg_get_serial_sequence('order_events', 'id'))
+                FROM current_order c
+                WHERE o.id = c.id AND c.status = ANY($3::text[]) AND ($4::int8[] IS NULL OR c.version = ANY($4::int8[]))
+                RETURNING o.*, c.status AS previous_status
+            ), new_event AS (
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
+                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::jsonb
+                FROM changed_order
+                RETURNING *
+            ), notified AS (
+                SELECT pg_notify('\(OrderStore.notificationChannel)', id || ':' || order_id) FROM new_event
+            ), latest AS (
+                SELECT * FROM changed_order
+                UNION ALL SELECT *, NULL FROM current_order WHERE NOT EXISTS (SELECT FROM changed_order)
+            )
+            SELECT \(SQL.orderColumns("o")), \(SQL.eventColumns("e"))
+            FROM latest o LEFT JOIN new_event e ON true LEFT JOIN notified ON true
+            """
+
+        let id: String
+        let status: String
+        let sources: [String]
+        let versions: [Int]?
+        let metadata: String?
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 5)
+            bindings.append(id)
+            bindings.append(status)
+            bindings.append(sources)
+            bindings.append(versions)
+            bindings.append(metadata)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> (Order, OrderEvent?) { try SQL.orderAndOptionalEvent(row) }
+    }
+
+    struct OrderByID: PostgresPreparedStatement {
+        static let sql = "SELECT \(SQL.orderColumns("o")) FROM orders o WHERE o.id = $1"
+
+        let id: String
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 1)
+            bindings.append(id)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> Order { try SQL.order(try row.decode(SQL.OrderRow.self)) }
+    }
+
+    /// The order's status with its events after `$2`, one row per event, or one row of nulls
+    /// after the status when there are none; no row when the order does not exist.
+    struct EventsAfter: PostgresPreparedStatement {
+        static let sql = """
+            SELECT o.status, \(SQL.eventColumns("e"))
+            FROM orders o
+            LEFT JOIN LATERAL (
+                SELECT * FROM order_events WHERE order_id = o.id AND id > $2 ORDER BY id LIMIT $3
+            ) e ON true
+            WHERE o.id = $1
+            ORDER BY e.id
+            """
+
+        let id: String
+        let after: Int64
+        let limit: Int
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 3)
+            bindings.append(id)
+            bindings.append(after)
+            bindings.append(limit)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> (String, SQL.OptionalEventRow) { try SQL.pageRow(row) }
+    }
+
+    struct LatestEvent: PostgresPreparedStatement {
+        static let sql = """
+            SELECT \(SQL.eventColumns("e")) FROM orders o JOIN order_events e ON e.id = o.last_event_id
+            WHERE o.id = $1
+            """
+
+        let id: String
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 1)
+            bindings.append(id)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> OrderEvent { try SQL.event(try row.decode(SQL.OptionalEventRow.self)) }
+    }
+}
