@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The benchmark: a release build, a throwaway PostgreSQL, and a fresh service process for each
+# scenario (freed memory is not returned to the OS, so the idle figure needs a new process).
+# Runs idle, fanout, writes (with pgbench running the same transaction beside it), and longpoll,
+# then prints one table. Figures, not assertions: it fails only when delivery is not exact.
+#   scripts/bench.sh                     the fixed suite (about 6 minutes after the build)
+#   scripts/bench.sh idle fanout         some scenarios only
+#   BENCH_SKIP_BUILD=1 scripts/bench.sh  use the binaries already in .build-release
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/postgres.sh source-path=SCRIPTDIR/..
+source "$ROOT/scripts/postgres.sh"
+command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
+
+SCENARIOS=("$@")
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(idle fanout writes longpoll)
+BUILD="$ROOT/.build-release"
+BIN="$BUILD/release/order-status"
+LOAD_BIN="$BUILD/release/order-status-load"
+WORK="$(mktemp -d /tmp/order-status-bench.XXXXXX)"
+RESULTS="$WORK/results"
+SERVER_PID=""
+FAILED=()
+PGDATA_DIR="$(mktemp -d /tmp/order-status-bench-pg.XXXXXX)"
+
+stop_service() {
+    [[ -n "$SERVER_PID" ]] || return 0
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+cleanup() {
+    local rc=$?
+    stop_service
+    [[ -f "$PGDATA_DIR/PG_VERSION" ]] && PG_SCRIPTS_QUIET=1 pg_stop "$PGDATA_DIR" || true
+    rm -rf "$WORK" "$PGDATA_DIR"
+    return "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    echo "bench: building release binaries into .build-release"
+    swift build -c release --scratch-path "$BUILD" --product order-status
+    swift build -c release --scratch-path "$BUILD" --product order-status-load
+fi
+
+# Each side of the loopback needs a descriptor per stream: 19,000 streams need the 20,000 a
+# process may open here.
+ulimit -n "$(ulimit -Hn)"
+
+pg_ensure_installed
+PG_PORT="$(pg_pick_free_port 57000 1000)"
+pg_init_cluster "$PGDATA_DIR" "$PG_PORT" --throwaway
+pg_start "$PGDATA_DIR"
+pg_wait_ready "$PG_PORT"
+pg_create_database "$PG_PORT" order_status_bench
+PGBIN="$(pg_bin_dir)"
+export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/order_status_bench"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_service() {
+    local port; port="$(free_port)"
+    PORT="$port" LOG_LEVEL=warning "$BIN" serve > "$WORK/service.log" 2>&1 &
+    SERVER_PID=$!
+    URL="http://127.0.0.1:$port"
+    for _ in $(seq 1 300); do
+        curl -fs "$URL/readyz" > /dev/null 2>&1 && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$WORK/service.log"
+    echo "bench: the service did not start"
+    exit 1
+}
+
+# Runs one load-tool scenario against a fresh service, keeping its RESULT line.
+run_load() {
+    local scenario="$1"; shift
+    start_service
+    echo "bench: $scenario against $URL (pid $SERVER_PID)"
+    if ! "$LOAD_BIN" "$scenario" --url "$URL" --server-pid "$SERVER_PID" "$@" | tee "$WORK/$scenario.out"; then
+        FAILED+=("$scenario")
+    fi
+    grep '^RESULT ' "$WORK/$scenario.out" >> "$RESULTS" || true
+    stop_service
+}
+
+# pgbench runs the service's status-change statement on orders seeded for it, with the same
+# number of clients as the service has writers, over the extended protocol the service uses.
+run_pgbench() {
+    local clients="$1" seconds="$2" orders=20000
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c \
+        "INSERT INTO orders (id, status, version, created_at, updated_at, last_event_id)
+         SELECT 'pgb-' || n, 'pending', 1, now(), now(), 0 FROM generate_series(1, $orders) n
+         ON CONFLICT (id) DO NOTHING"
+    echo "bench: pgbench, $clients clients for $seconds s, the same transaction"
+    "$PGBIN/pgbench" -n -M prepared -c "$clients" -j 2 -T "$seconds" -D orders="$orders" \
+        -f scripts/bench/status-change.sql -r "$DATABASE_URL" | tee "$WORK/pgbench.out"
+    local tps latency
+    tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$WORK/pgbench.out" | head -n 1)"
+    latency="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$WORK/pgbench.out")"
+    echo "RESULT pgbench clients=$clients changes_per_s=${tps%.*} avg_ms=$latency" >> "$RESULTS"
+}
+
+for scenario in "${SCENARIOS[@]}"; do
+    case "$scenario" in
+        idle) run_load idle --streams 19000 --orders 1000 --hold 20 ;;
+        fanout) run_load fanout --subscribers 10000 --orders 1000 --rate 200 ;;
+        writes)
+            run_load writes --writers 32 --seconds 20
+            run_pgbench 32 20
+            ;;
+        longpoll) run_load longpoll --clients 500 --orders 100 --rate 100 --seconds 20 ;;
+        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll)"; exit 2 ;;
+    esac
+done
+
+# The table: one row per scenario with its figures as they were printed.
+echo
+echo "bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -n 1)"
+awk '{ printf "%-9s", $2; for (i = 3; i <= NF; i++) printf " %s", $i; printf "\n" }' "$RESULTS"
+if grep -q '^RESULT writes' "$RESULTS" && grep -q '^RESULT pgbench' "$RESULTS"; then
+    awk '/^RESULT writes/ { for (i = 3; i <= NF; i++) if ($i ~ /^changes_per_s=/) { split($i, a, "="); s = a[2] } }
+         /^RESULT pgbench/ { for (i = 3; i <= NF; i++) if ($i ~ /^changes_per_s=/) { split($i, a, "="); p = a[2] } }
+         END { if (p > 0) printf "writes   service at %.0f%% of pgbench'"'"'s rate for the same transaction\n", 100 * s / p }' "$RESULTS"
+fi
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+    echo "bench: FAILED (inexact delivery or an error): ${FAILED[*]}"
+    exit 1
+fi
