@@ -62,6 +62,18 @@ extension ServiceClient {
     }
 }
 
+extension ServiceClient {
+    /// Waits until the server holds `polls` polls, then publishes `changes` open-loop.
+    func publishOnceHeld(polls: Int, _ changes: [(orderID: String, status: String)], rate: Int) async throws -> [Int64] {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while try await gauges().polls < polls {
+            guard ContinuousClock.now < deadline else { throw BenchFailure("the server never held \(polls) polls") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return try await publishOpenLoop(changes, rate: rate, client: self)
+    }
+}
+
 /// Runs `body` for every element with at most `limit` running at once.
 func forEachConcurrently<T: Sendable>(_ items: [T], limit: Int, _ body: @escaping @Sendable (T) async throws -> Void) async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
