@@ -56,4 +56,31 @@ struct HubTests {
             #expect(stalledFrames.allSatisfy { $0.contains("event: order-status") })
         }
     }
+
+    /// A notified change that follows what the hub has handled is delivered from the notification
+    /// itself: after the subscriber's first read, four changes cost the hub no read at all.
+    @Test func notifiedChangesThatFollowOnAreDeliveredWithoutARead() async throws {
+        try await Self.withParts([:]) { parts in
+            let (order, created) = try await parts.store.create(NewOrder(id: OrderID(uniqueOrderID("D"))!))
+            let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream()
+            _ = await parts.hub.subscribe(to: order.id, after: created.id, sink: mailbox)
+            @Sendable func reads() -> String? {
+                parts.metrics.registry.emitToString().split(separator: "\n").first { $0.hasPrefix("order_status_hub_event_reads_total ") }.map(String.init)
+            }
+            // The new subscriber's entry is read once; wait for it so the changes find it done.
+            try await eventually("the hub's first read") { reads() == "order_status_hub_event_reads_total 1" }
+            for status in [OrderStatus.paid, .processing, .shipped, .delivered] {
+                _ = try await parts.store.changeStatus(of: order.id, to: StatusChange(status: status), allowedVersions: nil)
+            }
+            let received = try await withDeadline(.seconds(10), "the frames") {
+                var ids: [String] = []
+                for await frame in frames { ids.append(String(String(buffer: frame).split(separator: "\n")[0])) }
+                return ids
+            }
+            let stored = try await parts.store.events(of: order.id, after: created.id, limit: 10)?.events.map(\.id) ?? []
+            #expect(received == stored.map { "id: \($0)" })
+            #expect(stored.count == 4)
+            #expect(reads() == "order_status_hub_event_reads_total 1")
+        }
+    }
 }

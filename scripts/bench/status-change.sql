@@ -2,7 +2,7 @@
 -- trip that locks the order, updates it, writes its event and notifies. Orders 'pgb-1' ..
 -- 'pgb-:orders' are seeded by scripts/bench.sh. The sources list includes the target so that
 -- every transaction writes, as every timed change of the service's writers does. pgbench reads
--- ':word' as a variable, so the time format spells its colons as chr(58).
+-- ':word' as a variable, so the time format and the payload spell their colons as chr(58).
 \set n random(1, :orders)
 WITH current_order AS (
     SELECT * FROM orders WHERE id = 'pgb-' || :n FOR UPDATE
@@ -19,7 +19,8 @@ WITH current_order AS (
     FROM changed_order
     RETURNING *
 ), notified AS (
-    SELECT pg_notify('order_status_events', id || ':' || order_id) FROM new_event
+    SELECT pg_notify('order_status_events', CASE WHEN octet_length(concat_ws(E'\n', n.id || chr(58) || n.order_id, n.status, coalesce(n.previous_status, ''), n.version, to_char(n.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24' || chr(58) || 'MI' || chr(58) || 'SS.MS"Z"'), coalesce(n.metadata::text, ''))) < 8000 THEN concat_ws(E'\n', n.id || chr(58) || n.order_id, n.status, coalesce(n.previous_status, ''), n.version, to_char(n.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24' || chr(58) || 'MI' || chr(58) || 'SS.MS"Z"'), coalesce(n.metadata::text, '')) ELSE n.id || chr(58) || n.order_id END)
+    FROM new_event n
 ), latest AS (
     SELECT * FROM changed_order UNION ALL SELECT *, NULL FROM current_order WHERE NOT EXISTS (SELECT FROM changed_order)
 )

@@ -11,6 +11,8 @@ public struct DeliveryMetrics: Sendable {
     let eventsDelivered: CoreMetrics.Counter
     let listenerReconnects: CoreMetrics.Counter
     let slowStreamsClosed: CoreMetrics.Counter
+    /// Reads of the event table by the hub; a notified event that follows on is delivered without one.
+    let hubReads: CoreMetrics.Counter
     /// From an event's commit (its `occurredAt`, the transaction's time in PostgreSQL) to the hub
     /// handing its frame to the subscribers' sockets; one sample per event and delivery pass.
     let deliveryLag: DurationHistogram
@@ -28,6 +30,7 @@ public struct DeliveryMetrics: Sendable {
         self.eventsDelivered = CoreMetrics.Counter(label: "order_status_events_delivered_total", factory: factory)
         self.listenerReconnects = CoreMetrics.Counter(label: "order_status_listener_reconnects_total", factory: factory)
         self.slowStreamsClosed = CoreMetrics.Counter(label: "order_status_slow_streams_closed_total", factory: factory)
+        self.hubReads = CoreMetrics.Counter(label: "order_status_hub_event_reads_total", factory: factory)
         self.deliveryLag = registry.makeDurationHistogram(
             descriptor: MetricNameDescriptor(
                 namespace: "order_status", metricName: "delivery_lag", unitName: "seconds",

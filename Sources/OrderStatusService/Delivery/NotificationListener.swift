@@ -105,11 +105,11 @@ public actor NotificationListener: Service {
             group.addTask { try await self.ping(connection) }
             group.addTask {
                 for try await notification in notifications {
-                    guard let (orderID, eventID) = Self.parse(notification.payload) else {
+                    guard let change = ChangeNotification(payload: notification.payload) else {
                         self.logger.warning("ignoring a malformed notification", metadata: ["payload": "\(notification.payload)"])
                         continue
                     }
-                    await self.hub.notificationReceived(orderID: orderID, eventID: eventID)
+                    await self.hub.notificationReceived(change)
                 }
                 throw ListenerError.notificationsEnded
             }
@@ -139,14 +139,6 @@ public actor NotificationListener: Service {
                 if !answered { throw ListenerError.pingTimedOut }
             }
         }
-    }
-
-    /// Parses `<event id>:<order id>`.
-    nonisolated static func parse(_ payload: String) -> (OrderID, Int64)? {
-        guard let colon = payload.firstIndex(of: ":"), let eventID = Int64(payload[..<colon]),
-              let orderID = OrderID(payload[payload.index(after: colon)...])
-        else { return nil }
-        return (orderID, eventID)
     }
 
     enum ListenerError: Error {

@@ -59,6 +59,9 @@ public actor OrderEventHub: Service {
         /// The hub's reads have handled every event of the order up to this id: each was delivered
         /// or was at or below every subscriber's position.
         var fetchedUpTo: Int64?
+        /// The order's version as of `fetchedUpTo`: a notified event of the next version follows
+        /// it with no gap, so the hub can deliver it without a read. Nil when unknown.
+        var handledVersion: Int?
         var isFetching = false
         var needsFetch = false
 
@@ -180,11 +183,19 @@ public actor OrderEventHub: Service {
 
     // MARK: Notifications
 
-    /// A change of `orderID` committed with event `eventID`.
-    public func notificationReceived(orderID: OrderID, eventID: Int64) {
-        guard let entry = orders[orderID] else { return }
-        if let fetched = entry.fetchedUpTo, fetched >= eventID { return }
-        requestRead(of: orderID, entry)
+    /// A change committed. When the notification carries the event and it is the order's next
+    /// version after what the hub has handled, it is delivered as it is; otherwise (a gap, a
+    /// read under way, or an event too large for the payload) the hub reads the table.
+    public func notificationReceived(_ change: ChangeNotification) {
+        guard let entry = orders[change.orderID] else { return }
+        if let fetched = entry.fetchedUpTo, fetched >= change.eventID { return }
+        if let event = change.event, !entry.isFetching, let handled = entry.handledVersion, event.version == handled + 1 {
+            entry.fetchedUpTo = event.id
+            entry.handledVersion = event.version
+            deliver([EncodedEvent(event)], to: change.orderID, entry)
+            return
+        }
+        requestRead(of: change.orderID, entry)
     }
 
     /// Notifications sent while the listener was away are lost: re-read every order that has
@@ -236,6 +247,7 @@ public actor OrderEventHub: Service {
             let page: EventPage?
             do {
                 page = try await store.events(of: orderID, after: from, limit: Self.pageSize)
+                metrics.hubReads.increment()
                 failures = 0
             } catch {
                 failures += 1
@@ -247,6 +259,8 @@ public actor OrderEventHub: Service {
             let events = page?.events.map(EncodedEvent.init) ?? []
             // Every event up to here is now delivered or below every subscriber's position.
             entry.fetchedUpTo = max(entry.fetchedUpTo ?? from, events.last?.id ?? from)
+            // A short page ends at the order's latest event, whose version the read also gave.
+            entry.handledVersion = page?.events.last?.version ?? page?.orderVersion
             deliver(events, to: orderID, entry)
             if events.count == Self.pageSize { entry.needsFetch = true }
             if !entry.needsFetch { return }

@@ -1,7 +1,9 @@
 import PostgresNIO
 
 /// The store's statements, prepared once per pooled connection: PostgreSQL then plans each one
-/// once instead of on every call, which on the hot paths costs more than running it.
+/// once instead of on every call, which on the hot paths costs more than running it. Each names
+/// its parameter types: otherwise postgres-nio takes them from the first call's values, and a
+/// first call with null metadata would leave `$n::jsonb` typed jsonb, refusing text ever after.
 enum OrderStatements {
     /// Creates an order and its first event in one statement; no row when the id is taken.
     struct Create: PostgresPreparedStatement {
@@ -16,11 +18,12 @@ enum OrderStatements {
                 SELECT last_event_id, id, status, NULL, 1, created_at, metadata FROM new_order
                 RETURNING *
             ), notified AS (
-                SELECT pg_notify('\(OrderStore.notificationChannel)', id || ':' || order_id) FROM new_event
+                \(ChangeNotification.notifySQL(from: "new_event"))
             )
             SELECT \(SQL.orderColumns("o")), \(SQL.eventColumns("e"))
             FROM new_order o, new_event e, notified
             """
+        static let bindingDataTypes: [PostgresDataType] = [.text, .text, .text]
 
         let id: String
         let status: String
@@ -56,7 +59,7 @@ enum OrderStatements {
                 FROM changed_order
                 RETURNING *
             ), notified AS (
-                SELECT pg_notify('\(OrderStore.notificationChannel)', id || ':' || order_id) FROM new_event
+                \(ChangeNotification.notifySQL(from: "new_event"))
             ), latest AS (
                 SELECT * FROM changed_order
                 UNION ALL SELECT *, NULL FROM current_order WHERE NOT EXISTS (SELECT FROM changed_order)
@@ -64,6 +67,7 @@ enum OrderStatements {
             SELECT \(SQL.orderColumns("o")), \(SQL.eventColumns("e"))
             FROM latest o LEFT JOIN new_event e ON true LEFT JOIN notified ON true
             """
+        static let bindingDataTypes: [PostgresDataType] = [.text, .text, .textArray, .int8Array, .text]
 
         let id: String
         let status: String
@@ -86,6 +90,7 @@ enum OrderStatements {
 
     struct OrderByID: PostgresPreparedStatement {
         static let sql = "SELECT \(SQL.orderColumns("o")) FROM orders o WHERE o.id = $1"
+        static let bindingDataTypes: [PostgresDataType] = [.text]
 
         let id: String
 
@@ -98,11 +103,11 @@ enum OrderStatements {
         func decodeRow(_ row: PostgresRow) throws -> Order { try SQL.order(try row.decode(SQL.OrderRow.self)) }
     }
 
-    /// The order's status with its events after `$2`, one row per event, or one row of nulls
-    /// after the status when there are none; no row when the order does not exist.
+    /// The order's status and version with its events after `$2`, one row per event, or one row
+    /// of nulls after them when there are none; no row when the order does not exist.
     struct EventsAfter: PostgresPreparedStatement {
         static let sql = """
-            SELECT o.status, \(SQL.eventColumns("e"))
+            SELECT o.status, o.version, \(SQL.eventColumns("e"))
             FROM orders o
             LEFT JOIN LATERAL (
                 SELECT * FROM order_events WHERE order_id = o.id AND id > $2 ORDER BY id LIMIT $3
@@ -110,6 +115,7 @@ enum OrderStatements {
             WHERE o.id = $1
             ORDER BY e.id
             """
+        static let bindingDataTypes: [PostgresDataType] = [.text, .int8, .int8]
 
         let id: String
         let after: Int64
@@ -123,7 +129,7 @@ enum OrderStatements {
             return bindings
         }
 
-        func decodeRow(_ row: PostgresRow) throws -> (String, SQL.OptionalEventRow) { try SQL.pageRow(row) }
+        func decodeRow(_ row: PostgresRow) throws -> (String, Int, SQL.OptionalEventRow) { try SQL.pageRow(row) }
     }
 
     struct LatestEvent: PostgresPreparedStatement {
@@ -131,6 +137,7 @@ enum OrderStatements {
             SELECT \(SQL.eventColumns("e")) FROM orders o JOIN order_events e ON e.id = o.last_event_id
             WHERE o.id = $1
             """
+        static let bindingDataTypes: [PostgresDataType] = [.text]
 
         let id: String
 

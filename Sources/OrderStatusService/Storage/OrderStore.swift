@@ -93,9 +93,9 @@ public struct OrderStore: Sendable {
 
     private func eventsNow(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
         var page: EventPage?
-        for try await (status, event) in try await client.execute(OrderStatements.EventsAfter(id: id.rawValue, after: after, limit: limit), logger: logger) {
+        for try await (status, version, event) in try await client.execute(OrderStatements.EventsAfter(id: id.rawValue, after: after, limit: limit), logger: logger) {
             if page == nil {
-                page = EventPage(orderStatus: try SQL.status(status), events: [])
+                page = EventPage(orderStatus: try SQL.status(status), orderVersion: version, events: [])
             }
             if event.0 != nil { page?.events.append(try SQL.event(event)) }
         }
@@ -123,6 +123,8 @@ public struct OrderStore: Sendable {
 /// One order's events after a position, with the order's state at the time of the read.
 public struct EventPage: Sendable {
     public var orderStatus: OrderStatus
+    /// The order's version as of the read: the version of its latest event.
+    public var orderVersion: Int
     public var events: [OrderEvent]
 }
 
@@ -175,10 +177,10 @@ enum SQL {
         return (order, try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
     }
 
-    /// An order's status, then one of its events or nulls.
-    static func pageRow(_ row: PostgresRow) throws -> (String, OptionalEventRow) {
-        let c = try row.decode((String, Int64?, String?, String?, String?, Int?, String?, String?).self)
-        return (c.0, (c.1, c.2, c.3, c.4, c.5, c.6, c.7))
+    /// An order's status and version, then one of its events or nulls.
+    static func pageRow(_ row: PostgresRow) throws -> (String, Int, OptionalEventRow) {
+        let c = try row.decode((String, Int, Int64?, String?, String?, String?, Int?, String?, String?).self)
+        return (c.0, c.1, (c.2, c.3, c.4, c.5, c.6, c.7, c.8))
     }
 
     static func status(_ text: String) throws -> OrderStatus {

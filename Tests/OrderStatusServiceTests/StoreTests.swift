@@ -1,0 +1,78 @@
+import Foundation
+import PostgresNIO
+import Testing
+@testable import OrderStatusService
+
+/// The store and its notifications against the real database, below HTTP.
+@Suite("Order store", .timeLimit(.minutes(2)))
+struct StoreTests {
+    static func metadata(_ json: String) throws -> Metadata? {
+        try Metadata(field: try JSONValue.parse(Array(json.utf8)))
+    }
+
+    /// Prepared statements keep the parameter types of their first call on a connection: with one
+    /// connection, calls without metadata first must not break the calls with it afterwards.
+    @Test func callsWithoutMetadataThenWithItShareOnePreparedConnection() async throws {
+        try await HubTests.withParts(["DATABASE_POOL_SIZE": "1"]) { parts in
+            let store = parts.store
+            let (plain, _) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("P"))!))
+            let (tagged, created) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("P"))!, metadata: try Self.metadata(#"{"customer":"c-9"}"#)))
+            #expect(tagged.metadata == #"{"customer": "c-9"}"#)
+            #expect(created.metadata == tagged.metadata)
+            _ = try await store.changeStatus(of: plain.id, to: StatusChange(status: .paid), allowedVersions: nil)
+            let outcome = try await store.changeStatus(of: plain.id, to: StatusChange(status: .processing, metadata: try Self.metadata(#"{"step":2}"#)), allowedVersions: [2])
+            guard case .changed(let order, let event) = outcome else { throw TestFailure("the change was not written: \(outcome)") }
+            #expect(order.version == 3)
+            #expect(event.metadata == #"{"step": 2}"#)
+        }
+    }
+
+    /// Every change's notification carries its event exactly as the table gives it back, so a
+    /// listener can deliver it without a read; metadata at the contract's size limit included.
+    @Test func notificationsCarryTheEventAsTheTableHoldsIt() async throws {
+        try await HubTests.withParts([:]) { parts in
+            let store = parts.store
+            let id = OrderID(uniqueOrderID("N"))!
+            let largest = "{\"ab\":[" + Array(repeating: "0", count: 2044).joined(separator: ",") + "]}"
+            let metadata = [#"{"quote":"\"\n\\ é ✓"}"#, largest, nil]
+            let received = try await withDeadline(.seconds(20), "the notifications") {
+                let connection = try await PostgresConnection.connect(
+                    configuration: try DatabaseURL(TestDatabase.url).connectionConfiguration(), id: 7, logger: testLogger)
+                do {
+                    let notifications = try await connection.listen(OrderStore.notificationChannel)
+                    _ = try await store.create(NewOrder(id: id))
+                    for (index, json) in metadata.enumerated() {
+                        let status: OrderStatus = [.paid, .processing, .shipped][index]
+                        _ = try await store.changeStatus(of: id, to: StatusChange(status: status, metadata: try json.flatMap(Self.metadata)), allowedVersions: nil)
+                    }
+                    var changes: [ChangeNotification] = []
+                    for try await notification in notifications {
+                        guard let change = ChangeNotification(payload: notification.payload) else { throw TestFailure("unparsed payload \(notification.payload)") }
+                        if change.orderID == id { changes.append(change) }
+                        if changes.count == 4 { break }
+                    }
+                    try await connection.close()
+                    return changes
+                } catch {
+                    try? await connection.close()
+                    throw error
+                }
+            }
+            let stored = try await store.events(of: id, after: 0, limit: 10)?.events ?? []
+            #expect(largest.utf8.count == Metadata.maximumBytes)
+            #expect(stored.count == 4)
+            #expect(received.map(\.eventID) == stored.map(\.id))
+            #expect(received.map(\.event) == stored.map { $0 })
+        }
+    }
+
+    @Test func aPayloadWithoutTheEventOrMalformedParsesAsSuch() throws {
+        let short = try #require(ChangeNotification(payload: "57:A1001:x"))
+        #expect(short.eventID == 57)
+        #expect(short.orderID.rawValue == "A1001:x")
+        #expect(short.event == nil)
+        for bad in ["", "57", "x:A1", "57:", "57:A1\npaid", "57:A1\nlost\n\n2\n2026-01-01T00:00:00.000Z\n", "57:A1\npaid\nnope\n2\nt\n"] {
+            #expect(ChangeNotification(payload: bad) == nil, "\(bad.debugDescription)")
+        }
+    }
+}
