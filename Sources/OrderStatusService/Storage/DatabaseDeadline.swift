@@ -1,4 +1,6 @@
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 
 /// Runs a database operation with a deadline that does not depend on the operation honouring
 /// cancellation. A task group would wait for its child, and a postgres-nio lease whose
@@ -18,8 +20,9 @@ enum DatabaseDeadline {
                         outcome.resume(with: .failure(error))
                     }
                 }
-                let timer = Task {
-                    try? await Task.sleep(for: limit)
+                // An event-loop timer rather than a sleeping task: on the hot path every store
+                // call has one, and a scheduled closure costs far less than a task and its sleep.
+                let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: TimeAmount(limit)) {
                     if outcome.resume(with: .failure(DatabaseTimeout())) { work.cancel() }
                 }
                 outcome.whenResumed {
