@@ -148,10 +148,12 @@ struct StreamProbeConnector: Sendable {
         self.group = group
     }
 
-    /// Opens a stream of `orderID` and waits for its response head. `index` picks the source address.
-    func open(orderID: String, lastEventID: Int64? = nil, index: Int) async throws -> StreamProbe {
+    /// Opens an HTTP/1.1 connection whose responses go to the handler `makeHandler` builds on the
+    /// connection's event loop. `index` picks the source address.
+    func connect<Handler: ChannelInboundHandler & Sendable>(index: Int, _ makeHandler: (any EventLoop) -> Handler) async throws -> (any Channel, Handler)
+    where Handler.InboundIn == HTTPClientResponsePart {
         let eventLoop = group.next()
-        let handler = StreamProbeHandler(path: "/events/order-status/\(orderID)", lastEventID: lastEventID, eventLoop: eventLoop)
+        let handler = makeHandler(eventLoop)
         var bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelInitializer { channel in
@@ -163,7 +165,14 @@ struct StreamProbeConnector: Sendable {
         if !sourceAddresses.isEmpty {
             bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddresses[index % sourceAddresses.count], port: 0))
         }
-        let channel = try await bootstrap.connect(host: host, port: port).get()
+        return (try await bootstrap.connect(host: host, port: port).get(), handler)
+    }
+
+    /// Opens a stream of `orderID` and waits for its response head. `index` picks the source address.
+    func open(orderID: String, lastEventID: Int64? = nil, index: Int) async throws -> StreamProbe {
+        let (channel, handler) = try await connect(index: index) { eventLoop in
+            StreamProbeHandler(path: "/events/order-status/\(orderID)", lastEventID: lastEventID, eventLoop: eventLoop)
+        }
         let status = try await handler.opened.futureResult.get()
         guard status == 200 else {
             channel.close(promise: nil)
