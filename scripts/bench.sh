@@ -23,6 +23,11 @@ WORK="$(mktemp -d /tmp/order-status-bench.XXXXXX)"
 RESULTS="$WORK/results"
 SERVER_PID=""
 FAILED=()
+# Settings of the service under test beyond its defaults, as NAME=value words.
+SERVICE_ENV=()
+# Database sessions for the writes scenario: on 2 cores PostgreSQL commits most with few of them
+# (pgbench too: see its two client counts), so the service's pool is sized as one would size it.
+WRITE_POOL=8
 PGDATA_DIR="$(mktemp -d /tmp/order-status-bench-pg.XXXXXX)"
 
 stop_service() {
@@ -66,7 +71,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 start_service() {
     local port; port="$(free_port)"
-    PORT="$port" LOG_LEVEL=warning "$BIN" serve > "$WORK/service.log" 2>&1 &
+    env "${SERVICE_ENV[@]}" PORT="$port" LOG_LEVEL=warning "$BIN" serve > "$WORK/service.log" 2>&1 &
     SERVER_PID=$!
     URL="http://127.0.0.1:$port"
     for _ in $(seq 1 300); do
@@ -105,12 +110,32 @@ run_pgbench() {
          SELECT 'pgb-' || n, 'pending', 1, now(), now(), 0 FROM generate_series(1, $orders) n
          ON CONFLICT (id) DO NOTHING"
     echo "bench: pgbench, $clients clients for $seconds s, the same transaction"
-    "$PGBIN/pgbench" -n -M prepared -c "$clients" -j 2 -T "$seconds" -D orders="$orders" \
-        -f scripts/bench/status-change.sql -r "$DATABASE_URL" | tee "$WORK/pgbench.out"
-    local tps latency
+    local database_before; database_before="$(postgres_cpu_ticks)"
+    local TIMEFORMAT='%U %S'
+    { time "$PGBIN/pgbench" -n -M prepared -c "$clients" -j 2 -T "$seconds" -D orders="$orders" \
+        -f scripts/bench/status-change.sql "$DATABASE_URL" > "$WORK/pgbench.out" 2>&1; } 2> "$WORK/pgbench.time"
+    local database_after; database_after="$(postgres_cpu_ticks)"
+    cat "$WORK/pgbench.out"
+    local tps latency transactions
     tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$WORK/pgbench.out" | head -n 1)"
     latency="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$WORK/pgbench.out")"
-    echo "RESULT pgbench clients=$clients changes_per_s=${tps%.*} avg_ms=$latency" >> "$RESULTS"
+    transactions="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$WORK/pgbench.out")"
+    # CPU microseconds per transaction of PostgreSQL and of pgbench itself, as the writes row gives them.
+    read -r user system < "$WORK/pgbench.time"
+    local database_us client_us
+    database_us=$(( (database_after - database_before) * 1000000 / $(getconf CLK_TCK) / transactions ))
+    client_us="$(awk -v u="$user" -v s="$system" -v n="$transactions" 'BEGIN { printf "%.0f", (u + s) * 1e6 / n }')"
+    echo "RESULT pgbench clients=$clients changes_per_s=${tps%.*} avg_ms=$latency postgres_cpu_us=$database_us client_cpu_us=$client_us" >> "$RESULTS"
+}
+
+# CPU clock ticks used so far by every process named postgres, with those of exited backends
+# (pgbench's), which the postmaster has reaped into its children's times.
+postgres_cpu_ticks() {
+    local total=0 pid
+    for pid in $(pgrep -x postgres); do
+        total=$(( total + $(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+    done
+    echo "$total"
 }
 
 for scenario in "${SCENARIOS[@]}"; do
@@ -119,11 +144,14 @@ for scenario in "${SCENARIOS[@]}"; do
         fanout) run_load fanout --subscribers 10000 --orders 1000 --rate 200 ;;
         writes)
             # Rounds alternate so that both sides see the same drift of a shared machine.
+            SERVICE_ENV=(DATABASE_POOL_SIZE=$WRITE_POOL)
             for round in 1 2 3; do
                 run_load --keep writes --writers 32 --seconds 10
+                run_pgbench "$WRITE_POOL" 10
                 run_pgbench 32 10
                 stop_service
             done
+            SERVICE_ENV=()
             ;;
         longpoll) run_load longpoll --clients 500 --orders 100 --rate 100 --seconds 20 ;;
         *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll)"; exit 2 ;;
@@ -136,8 +164,10 @@ echo "bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model nam
 awk '{ printf "%-9s", $2; for (i = 3; i <= NF; i++) printf " %s", $i; printf "\n" }' "$RESULTS"
 if grep -q '^RESULT writes' "$RESULTS" && grep -q '^RESULT pgbench' "$RESULTS"; then
     awk '/^RESULT writes/ { n++; for (i = 3; i <= NF; i++) if ($i ~ /^changes_per_s=/) { split($i, a, "="); s += a[2] } }
-         /^RESULT pgbench/ { for (i = 3; i <= NF; i++) if ($i ~ /^changes_per_s=/) { split($i, a, "="); p += a[2] } }
-         END { if (p > 0) printf "writes   service at %.0f%% of pgbench'"'"'s rate for the same transaction (mean of %d rounds each)\n", 100 * s / p, n }' "$RESULTS"
+         /^RESULT pgbench/ { c = ""; r = 0
+             for (i = 3; i <= NF; i++) { split($i, a, "="); if (a[1] == "clients") c = a[2]; if (a[1] == "changes_per_s") r = a[2] }
+             p[c] += r }
+         END { for (c in p) printf "writes   service (%d pooled connections) at %.0f%% of pgbench with %s clients, the same transaction (mean of %d rounds)\n", '"$WRITE_POOL"', 100 * s / p[c], c, n }' "$RESULTS"
 fi
 if [[ ${#FAILED[@]} -gt 0 ]]; then
     echo "bench: FAILED (inexact delivery or an error): ${FAILED[*]}"

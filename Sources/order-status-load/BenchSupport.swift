@@ -29,6 +29,34 @@ struct BenchOptions: ParsableArguments {
     }
 }
 
+/// CPU time from /proc, to say where each change's work went: the server, PostgreSQL (all its
+/// processes) and this generator.
+enum CPUTime {
+    /// User plus system seconds of one process, with those of its reaped children when asked.
+    static func of(pid: Int32, withChildren: Bool = false) -> Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // Fields after the command name: utime, stime, cutime and cstime are the 14th to 17th of the line.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 14, let user = Double(fields[11]), let system = Double(fields[12]),
+              let childrenUser = Double(fields[13]), let childrenSystem = Double(fields[14]) else { return nil }
+        let ticks = user + system + (withChildren ? childrenUser + childrenSystem : 0)
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    static var ofSelf: Double? { of(pid: getpid()) }
+
+    /// Every process named `postgres`: the server's backends, the listener's included, and those
+    /// that exited, which the postmaster has reaped into its children's times.
+    static var ofPostgres: Double {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap(Int32.init) ?? []
+        return pids.reduce(0) { total, pid in
+            let name = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            return name == "postgres" ? total + (of(pid: pid, withChildren: true) ?? 0) : total
+        }
+    }
+}
+
 /// Prints and flushes, so figures appear as they happen even when piped to a file.
 func say(_ line: String) {
     print(line)

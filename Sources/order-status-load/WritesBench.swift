@@ -25,6 +25,7 @@ struct WritesBench: AsyncParsableCommand {
         say("writes: creating \(writers * perWriter) orders")
         let orderIDs = try await client.createOrders(prefix: prefix, count: writers * perWriter, concurrency: writers)
         let connector = StreamProbeConnector(host: host, port: port, sourceAddressCount: options.sourceAddresses, group: group)
+        let cpuBefore = (server: options.serverPid.flatMap { CPUTime.of(pid: $0) }, database: CPUTime.ofPostgres, generator: CPUTime.ofSelf)
         let start = ContinuousClock.now
         let deadline = NIODeadline.now() + .seconds(Int64(seconds))
         var walkers: [(any Channel, StatusWalkHandler)] = []
@@ -46,11 +47,20 @@ struct WritesBench: AsyncParsableCommand {
         let elapsed = Double(start.duration(to: .now) / .milliseconds(1)) / 1000
         let rate = Double(latencies.count) / elapsed
         let summary = LatencySummary(nanoseconds: latencies)
+        // CPU microseconds per change of each party, over the timed part.
+        func perChange(_ before: Double?, _ after: Double?) -> String {
+            guard let before, let after, !latencies.isEmpty else { return "n/a" }
+            return String(format: "%.0f", (after - before) * 1e6 / Double(latencies.count))
+        }
+        let serverCPU = perChange(cpuBefore.server, options.serverPid.flatMap { CPUTime.of(pid: $0) })
+        let databaseCPU = perChange(cpuBefore.database, CPUTime.ofPostgres)
+        let generatorCPU = perChange(cpuBefore.generator, CPUTime.ofSelf)
         say(String(format: "writes: %d changes in %.1f s by %d writers: %.0f changes/s, %d refused", latencies.count, elapsed, writers, rate, refusals))
         say("writes: latency \(summary.text)")
+        say("writes: CPU per change: server \(serverCPU) µs, PostgreSQL \(databaseCPU) µs, generator \(generatorCPU) µs")
         result("writes", [
             "writers": "\(writers)", "changes": "\(latencies.count)", "changes_per_s": String(format: "%.0f", rate),
-            "refused": "\(refusals)",
+            "refused": "\(refusals)", "server_cpu_us": serverCPU, "postgres_cpu_us": databaseCPU, "generator_cpu_us": generatorCPU,
             "p50_ms": summary.milliseconds(0.5), "p90_ms": summary.milliseconds(0.9), "p99_ms": summary.milliseconds(0.99),
             "p999_ms": summary.milliseconds(0.999), "max_ms": summary.maximum,
         ])
