@@ -21,9 +21,14 @@ final class ChannelEventStreamSink: EventStreamSink {
             unsent.subtract(1, ordering: .relaxed)
             return .stalled
         }
-        let written = channel.eventLoop.makePromise(of: Void.self)
-        written.futureResult.whenComplete { _ in self.unsent.subtract(1, ordering: .relaxed) }
-        channel.writeAndFlush(HTTPResponsePart.body(frame), promise: written)
+        // One hop to the channel's event loop for the write and its completion callback: made
+        // from the hub, each would otherwise be a task of its own on that loop.
+        let channel = channel
+        channel.eventLoop.execute {
+            let written = channel.eventLoop.makePromise(of: Void.self)
+            written.futureResult.whenComplete { _ in self.unsent.subtract(1, ordering: .relaxed) }
+            channel.writeAndFlush(HTTPResponsePart.body(frame), promise: written)
+        }
         return .enqueued
     }
 
