@@ -35,10 +35,18 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
 
     private var state = State.awaitingFirstRequest
     private var context: ChannelHandlerContext?
-    let firstRequest: EventLoopPromise<FirstRequest>
+    /// Let go once completed: a completed future keeps its value, and a held stream should not
+    /// keep its request's head for as long as it lives.
+    private var firstRequest: EventLoopPromise<FirstRequest>?
 
-    init(eventLoop: any EventLoop) {
-        firstRequest = eventLoop.makePromise()
+    /// `firstRequest` is completed with what the connection's first request turned out to be.
+    init(firstRequest: EventLoopPromise<FirstRequest>) {
+        self.firstRequest = firstRequest
+    }
+
+    private func answer(_ request: FirstRequest) {
+        firstRequest?.succeed(request)
+        firstRequest = nil
     }
 
     /// A GET of an order's stream. Everything else about it (the id, the headers, the method
@@ -57,7 +65,7 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
     private func channelClosed() {
         if case .awaitingFirstRequest = state {
             state = .closed
-            firstRequest.succeed(.closed)
+            answer(.closed)
         }
     }
 
@@ -70,7 +78,7 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
         case .awaitingFirstRequest:
             if case .head(let head) = unwrapInboundIn(data), Self.isEventStream(head) {
                 state = .streaming
-                firstRequest.succeed(.eventStream(head))
+                answer(.eventStream(head))
             } else {
                 hold(.read(data))
             }
@@ -137,6 +145,6 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
 
     private func hold(_ item: Held) {
         state = .holding([item])
-        firstRequest.succeed(.other)
+        answer(.other)
     }
 }
