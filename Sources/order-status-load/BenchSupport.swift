@@ -92,13 +92,13 @@ extension ServiceClient {
 
 extension ServiceClient {
     /// Waits until the server holds `polls` polls, then publishes `changes` open-loop.
-    func publishOnceHeld(polls: Int, _ changes: [(orderID: String, status: String)], rate: Int) async throws -> [Int64] {
+    func publishOnceHeld(polls: Int, _ changes: [(orderID: String, status: String)], rate: Int, by publisher: ChangePublisher) async throws -> [Int64] {
         let deadline = ContinuousClock.now + .seconds(60)
         while try await gauges().polls < polls {
             guard ContinuousClock.now < deadline else { throw BenchFailure("the server never held \(polls) polls") }
             try await Task.sleep(for: .milliseconds(50))
         }
-        return try await publishOpenLoop(changes, rate: rate, client: self)
+        return try await publisher.publish(changes, rate: rate)
     }
 }
 
@@ -157,25 +157,4 @@ extension LatencySummary {
 /// An event loop group for probe connections, sized to the machine.
 func makeProbeGroup() -> MultiThreadedEventLoopGroup {
     MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-}
-
-/// Sends status changes open-loop: each at its scheduled instant whatever the earlier ones are
-/// doing, so a slow answer shows up as latency instead of lowering the rate. Each change carries
-/// its send time in `metadata.sentAt`. Returns the POST round-trip times.
-func publishOpenLoop(_ changes: [(orderID: String, status: String)], rate: Int, client: ServiceClient) async throws -> [Int64] {
-    let interval = Duration.seconds(1) / rate
-    let start = ContinuousClock.now
-    return try await withThrowingTaskGroup(of: Int64.self) { group in
-        for (index, change) in changes.enumerated() {
-            try await Task.sleep(until: start + interval * index)
-            group.addTask {
-                let sentAt = monotonicNanoseconds()
-                try await client.send("POST", "/orders/\(change.orderID)/status", #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#)
-                return monotonicNanoseconds() - sentAt
-            }
-        }
-        var times: [Int64] = []
-        for try await time in group { times.append(time) }
-        return times
-    }
 }

@@ -29,7 +29,8 @@ struct FanoutBench: AsyncParsableCommand {
         say("fanout: \(subscribers) streams over \(orders) orders open; publishing \(changes) changes at \(rate)/s")
 
         let changeList = Self.walk.flatMap { status in orderIDs.map { (orderID: $0, status: status) } }
-        let postLatencies = try await publishOpenLoop(changeList, rate: rate, client: client)
+        let publisher = try await ChangePublisher.connect(connector)
+        let postLatencies = try await publisher.publish(changeList, rate: rate)
 
         var check = DeliveryCheck()
         var latencies: [Int64] = []

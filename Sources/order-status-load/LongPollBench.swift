@@ -14,7 +14,9 @@ struct LongPollBench: AsyncParsableCommand {
     @Option(help: "Seconds of changes") var seconds = 20
 
     func run() async throws {
+        let (host, port) = try options.hostAndPort
         let client = ServiceClient.make(url: options.url)
+        let group = makeProbeGroup()
         let walk = FanoutBench.walk
         let generations = max(1, seconds * rate / (orders * walk.count))
         let prefix = "lp-\(UUID().uuidString.prefix(6))"
@@ -29,7 +31,8 @@ struct LongPollBench: AsyncParsableCommand {
         }
         // Changes start once every client holds its first poll, so the figures are of the steady
         // loop rather than of the clients' connections being opened.
-        async let published = client.publishOnceHeld(polls: clients, changes, rate: rate)
+        let publisher = try await ChangePublisher.connect(StreamProbeConnector(host: host, port: port, sourceAddressCount: options.sourceAddresses, group: group))
+        async let published = client.publishOnceHeld(polls: clients, changes, rate: rate, by: publisher)
         let outcomes = try await withThrowingTaskGroup(of: [(String, [Int64], [Int64])].self) { group in
             for index in 0..<clients {
                 group.addTask {
@@ -68,6 +71,7 @@ struct LongPollBench: AsyncParsableCommand {
             "p999_ms": summary.milliseconds(0.999), "max_ms": summary.maximum,
         ])
         try await client.shutdown()
+        try await group.shutdownGracefully()
         if !check.isExact { throw ExitCode.failure }
     }
 

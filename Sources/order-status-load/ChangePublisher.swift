@@ -1,0 +1,116 @@
+import NIOCore
+import NIOHTTP1
+
+/// One keep-alive connection of the publisher: sends the changes queued on it one at a time, each
+/// stamped (`metadata.sentAt`) on the event loop as its bytes are written, so the figure is the
+/// service's and not the generator's scheduling. Touched only on its event loop.
+final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private var context: ChannelHandlerContext?
+    private var queued = CircularBuffer<(orderID: String, status: String)>()
+    private var inFlightSince: Int64?
+    private var status: UInt = 0
+    /// Round trips from the send to the end of the answer, in nanoseconds.
+    private(set) var roundTrips: [Int64] = []
+    private(set) var refusals = 0
+    /// Succeeds once every change handed over has been answered (after `finish`).
+    private var drained: EventLoopPromise<Void>?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Queues a change. Call on the channel's event loop.
+    func publish(orderID: String, status: String) {
+        queued.append((orderID, status))
+        if inFlightSince == nil { sendNext() }
+    }
+
+    /// Completes once nothing is queued or in flight. Call on the channel's event loop.
+    func finish(_ promise: EventLoopPromise<Void>) {
+        if inFlightSince == nil && queued.isEmpty { promise.succeed(()) } else { drained = promise }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            status = head.status.code
+        case .body:
+            break
+        case .end:
+            if let since = inFlightSince { roundTrips.append(monotonicNanoseconds() - since) }
+            if status != 200 { refusals += 1 }
+            inFlightSince = nil
+            sendNext()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        drained?.fail(ChannelError.ioOnClosedChannel)
+        drained = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    private func sendNext() {
+        guard let context else { return }
+        guard let change = queued.popFirst() else {
+            drained?.succeed(())
+            drained = nil
+            return
+        }
+        let sentAt = monotonicNanoseconds()
+        inFlightSince = sentAt
+        let body = ByteBuffer(string: #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#)
+        let headers: HTTPHeaders = ["Host": "bench", "Content-Type": "application/json", "Content-Length": "\(body.readableBytes)"]
+        context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/orders/\(change.orderID)/status", headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}
+
+/// Sends status changes open-loop over a few raw keep-alive connections: each at its scheduled
+/// instant whatever the earlier ones are doing (16 connections, so at these rates a change rarely
+/// waits for one), with no HTTP client library between the send-time stamp and the socket.
+struct ChangePublisher {
+    let connections: [(channel: any Channel, handler: PublishingConnectionHandler)]
+
+    static func connect(_ connector: StreamProbeConnector, connections: Int = 16) async throws -> ChangePublisher {
+        var opened: [(channel: any Channel, handler: PublishingConnectionHandler)] = []
+        for index in 0..<connections {
+            opened.append(try await connector.connect(index: index) { _ in PublishingConnectionHandler() })
+        }
+        return ChangePublisher(connections: opened)
+    }
+
+    /// Publishes `changes` at `rate` per second, spread over the connections in turn; returns the
+    /// round trips once every change is answered. Throws if any was refused.
+    func publish(_ changes: [(orderID: String, status: String)], rate: Int) async throws -> [Int64] {
+        let interval = Int64(1_000_000_000 / rate)
+        let start = monotonicNanoseconds()
+        for (index, change) in changes.enumerated() {
+            let dueAt = start + interval * Int64(index)
+            let wait = dueAt - monotonicNanoseconds()
+            if wait > 0 { try await Task.sleep(for: .nanoseconds(wait)) }
+            let (channel, handler) = connections[index % connections.count]
+            channel.eventLoop.execute { handler.publish(orderID: change.orderID, status: change.status) }
+        }
+        var roundTrips: [Int64] = []
+        var refusals = 0
+        for (channel, handler) in connections {
+            let drained = channel.eventLoop.makePromise(of: Void.self)
+            channel.eventLoop.execute { handler.finish(drained) }
+            try await drained.futureResult.get()
+            let (times, refused) = try await channel.eventLoop.submit { (handler.roundTrips, handler.refusals) }.get()
+            roundTrips += times
+            refusals += refused
+            channel.close(promise: nil)
+        }
+        if refusals > 0 { throw BenchFailure("\(refusals) status changes were refused") }
+        return roundTrips
+    }
+}
