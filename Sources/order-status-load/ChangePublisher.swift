@@ -1,13 +1,16 @@
 import NIOCore
 import NIOHTTP1
 
-/// One keep-alive connection of the publisher: sends the changes queued on it one at a time, each
-/// stamped (`metadata.sentAt`) on the event loop as its bytes are written, so the figure is the
-/// service's and not the generator's scheduling. Touched only on its event loop.
+/// One keep-alive connection of the publisher: sends the changes queued on it one at a time, the
+/// next when the last answer has ended, stamping each (`metadata.sentAt`, when asked) on the event
+/// loop as its bytes are written, so the figures are the service's and not the generator's
+/// scheduling. Touched only on its event loop.
 final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
 
+    private let stopAt: NIODeadline?
+    private let stampsSendTime: Bool
     private var context: ChannelHandlerContext?
     private var queued = CircularBuffer<(orderID: String, status: String)>()
     private var inFlightSince: Int64?
@@ -18,12 +21,18 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
     /// Succeeds once every change handed over has been answered (after `finish`).
     private var drained: EventLoopPromise<Void>?
 
+    /// Past `stopAt` the changes still queued are dropped.
+    init(stopAt: NIODeadline?, stampsSendTime: Bool) {
+        self.stopAt = stopAt
+        self.stampsSendTime = stampsSendTime
+    }
+
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    /// Queues a change. Call on the channel's event loop.
-    func publish(orderID: String, status: String) {
-        queued.append((orderID, status))
+    /// Queues changes. Call on the channel's event loop.
+    func publish(_ changes: some Sequence<(orderID: String, status: String)>) {
+        queued.append(contentsOf: changes)
         if inFlightSince == nil { sendNext() }
     }
 
@@ -57,15 +66,17 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
     }
 
     private func sendNext() {
-        guard let context else { return }
-        guard let change = queued.popFirst() else {
+        if let stopAt, NIODeadline.now() >= stopAt { queued.removeAll() }
+        guard let context, let change = queued.popFirst() else {
             drained?.succeed(())
             drained = nil
             return
         }
         let sentAt = monotonicNanoseconds()
         inFlightSince = sentAt
-        let body = ByteBuffer(string: #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#)
+        let body = ByteBuffer(string: stampsSendTime
+            ? #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#
+            : #"{"status":"\#(change.status)"}"#)
         let headers: HTTPHeaders = ["Host": "bench", "Content-Type": "application/json", "Content-Length": "\(body.readableBytes)"]
         context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/orders/\(change.orderID)/status", headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
@@ -73,32 +84,46 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
     }
 }
 
-/// Sends status changes open-loop over a few raw keep-alive connections: each at its scheduled
-/// instant whatever the earlier ones are doing (16 connections, so at these rates a change rarely
-/// waits for one), with no HTTP client library between the send-time stamp and the socket.
+/// Sends status changes over raw keep-alive connections, with no HTTP client library between the
+/// send-time stamp and the socket: open-loop at a rate (fanout, long poll), or each connection
+/// walking its own list as fast as the service answers (writes).
 struct ChangePublisher {
     let connections: [(channel: any Channel, handler: PublishingConnectionHandler)]
 
-    static func connect(_ connector: StreamProbeConnector, connections: Int = 16) async throws -> ChangePublisher {
+    static func connect(_ connector: StreamProbeConnector, connections: Int = 16, stopAt: NIODeadline? = nil,
+                        stampsSendTime: Bool = true) async throws -> ChangePublisher {
         var opened: [(channel: any Channel, handler: PublishingConnectionHandler)] = []
         for index in 0..<connections {
-            opened.append(try await connector.connect(index: index) { _ in PublishingConnectionHandler() })
+            opened.append(try await connector.connect(index: index) { _ in
+                PublishingConnectionHandler(stopAt: stopAt, stampsSendTime: stampsSendTime)
+            })
         }
         return ChangePublisher(connections: opened)
     }
 
-    /// Publishes `changes` at `rate` per second, spread over the connections in turn; returns the
-    /// round trips once every change is answered. Throws if any was refused.
+    /// Publishes `changes` at `rate` per second, each at its instant whatever the earlier ones are
+    /// doing (spread over the connections in turn, so at these rates one rarely waits), and
+    /// returns the round trips once every change is answered.
     func publish(_ changes: [(orderID: String, status: String)], rate: Int) async throws -> [Int64] {
         let interval = Int64(1_000_000_000 / rate)
         let start = monotonicNanoseconds()
         for (index, change) in changes.enumerated() {
-            let dueAt = start + interval * Int64(index)
-            let wait = dueAt - monotonicNanoseconds()
+            let wait = start + interval * Int64(index) - monotonicNanoseconds()
             if wait > 0 { try await Task.sleep(for: .nanoseconds(wait)) }
-            let (channel, handler) = connections[index % connections.count]
-            channel.eventLoop.execute { handler.publish(orderID: change.orderID, status: change.status) }
+            enqueue([change], on: index % connections.count)
         }
+        return try await drain()
+    }
+
+    /// Queues `changes` on one connection, to be sent one after another.
+    func enqueue(_ changes: [(orderID: String, status: String)], on connection: Int) {
+        let (channel, handler) = connections[connection]
+        channel.eventLoop.execute { handler.publish(changes) }
+    }
+
+    /// Waits until every connection has sent and been answered for all it was given (or passed its
+    /// stop), closes them, and returns the round trips. Throws if any change was refused.
+    func drain() async throws -> [Int64] {
         var roundTrips: [Int64] = []
         var refusals = 0
         for (channel, handler) in connections {

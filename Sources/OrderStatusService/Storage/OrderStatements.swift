@@ -88,17 +88,10 @@ enum OrderStatements {
         func decodeRow(_ row: PostgresRow) throws -> (Order, OrderEvent?) { try SQL.orderAndOptionalEvent(row) }
     }
 
-    struct OrderByID: PostgresPreparedStatement {
+    struct OrderByID: OrderIDStatement {
         static let sql = "SELECT \(SQL.orderColumns("o")) FROM orders o WHERE o.id = $1"
-        static let bindingDataTypes: [PostgresDataType] = [.text]
 
         let id: String
-
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(id)
-            return bindings
-        }
 
         func decodeRow(_ row: PostgresRow) throws -> Order { try SQL.order(try row.decode(SQL.OrderRow.self)) }
     }
@@ -132,21 +125,29 @@ enum OrderStatements {
         func decodeRow(_ row: PostgresRow) throws -> (String, Int, SQL.OptionalEventRow) { try SQL.pageRow(row) }
     }
 
-    struct LatestEvent: PostgresPreparedStatement {
+    struct LatestEvent: OrderIDStatement {
         static let sql = """
             SELECT \(SQL.eventColumns("e")) FROM orders o JOIN order_events e ON e.id = o.last_event_id
             WHERE o.id = $1
             """
-        static let bindingDataTypes: [PostgresDataType] = [.text]
 
         let id: String
 
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(id)
-            return bindings
-        }
-
         func decodeRow(_ row: PostgresRow) throws -> OrderEvent { try SQL.event(try row.decode(SQL.OptionalEventRow.self)) }
+    }
+}
+
+/// A statement whose one parameter, `$1`, is an order id.
+protocol OrderIDStatement: PostgresPreparedStatement {
+    var id: String { get }
+}
+
+extension OrderIDStatement {
+    static var bindingDataTypes: [PostgresDataType] { [.text] }
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 1)
+        bindings.append(id)
+        return bindings
     }
 }
