@@ -58,6 +58,11 @@ fi
 # process may open here.
 ulimit -n "$(ulimit -Hn)"
 
+# This machine's speed varies with its neighbours: a fixed loop, timed before and after the
+# suite, says how fast it was while the figures were taken (about 0.65 s when it is quiet).
+reference_loop() { python3 -c 'import time; t = time.perf_counter(); sum(range(30_000_000)); print(f"{time.perf_counter() - t:.2f} s")'; }
+REFERENCE_BEFORE="$(reference_loop)"
+
 pg_ensure_installed
 PG_PORT="$(pg_pick_free_port 57000 1000)"
 pg_init_cluster "$PGDATA_DIR" "$PG_PORT" --throwaway
@@ -160,7 +165,7 @@ done
 
 # The table: one row per scenario with its figures as they were printed.
 echo
-echo "bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -n 1)"
+echo "bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -n 1); reference loop $REFERENCE_BEFORE before, $(reference_loop) after"
 awk '{ printf "%-9s", $2; for (i = 3; i <= NF; i++) printf " %s", $i; printf "\n" }' "$RESULTS"
 if grep -q '^RESULT writes' "$RESULTS" && grep -q '^RESULT pgbench' "$RESULTS"; then
     awk '/^RESULT writes/ { n++; for (i = 3; i <= NF; i++) if ($i ~ /^changes_per_s=/) { split($i, a, "="); s += a[2] } }

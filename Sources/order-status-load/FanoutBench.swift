@@ -11,6 +11,7 @@ struct FanoutBench: AsyncParsableCommand {
     @Option(help: "Subscribers (streams)") var subscribers = 10_000
     @Option(help: "Orders the subscribers are spread over") var orders = 1_000
     @Option(help: "Status changes per second") var rate = 200
+    @Option(help: "Keep-alive connections the changes are published over") var publisherConnections = 16
 
     /// Every order is walked through these, so the run makes 4 × K changes and ends every stream.
     static let walk = ["paid", "processing", "shipped", "delivered"]
@@ -29,7 +30,7 @@ struct FanoutBench: AsyncParsableCommand {
         say("fanout: \(subscribers) streams over \(orders) orders open; publishing \(changes) changes at \(rate)/s")
 
         let changeList = Self.walk.flatMap { status in orderIDs.map { (orderID: $0, status: status) } }
-        let publisher = try await ChangePublisher.connect(connector)
+        let publisher = try await ChangePublisher.connect(connector, connections: publisherConnections)
         let postLatencies = try await publisher.publish(changeList, rate: rate)
 
         var check = DeliveryCheck()
