@@ -3,7 +3,7 @@
 # scenario (freed memory is not returned to the OS, so the idle figure needs a new process).
 # Runs idle, fanout, writes (with pgbench running the same transaction beside it), and longpoll,
 # then prints one table. Figures, not assertions: it fails only when delivery is not exact.
-#   scripts/bench.sh                     the fixed suite (about 6 minutes after the build)
+#   scripts/bench.sh                     the fixed suite (about 10 minutes after the build)
 #   scripts/bench.sh idle fanout         some scenarios only
 #   BENCH_SKIP_BUILD=1 scripts/bench.sh  use the binaries already in .build-release
 set -euo pipefail

@@ -106,7 +106,9 @@ public actor NotificationListener: Service {
             group.addTask {
                 for try await notification in notifications {
                     guard let change = ChangeNotification(payload: notification.payload) else {
-                        self.logger.warning("ignoring a malformed notification", metadata: ["payload": "\(notification.payload)"])
+                        // The first line only: the rest is the event, metadata included, which logs need not hold.
+                        let head = notification.payload.prefix { $0 != "\n" }.prefix(200)
+                        self.logger.warning("ignoring a malformed notification", metadata: ["payload": "\(head)"])
                         continue
                     }
                     await self.hub.notificationReceived(change)
