@@ -185,14 +185,8 @@ struct ObservabilityTests {
         try await TestService.with { service in
             let id = uniqueOrderID("L")
             try await service.createOrder(id)
-            var streams: [SSEConnection] = []
-            for _ in 0..<3 {
-                let stream = try await SSEConnection.open(service, orderID: id)
-                _ = try await stream.events(1)
-                streams.append(stream)
-            }
-            // All three registered with the hub, so one read delivers to all of them.
-            try await eventually("three streams registered") { try await service.metric("order_status_open_streams") == 3 }
+            // All three registered with the hub, so one delivery pass hands the change to all of them.
+            let streams = try await SSEConnection.openRegistered(3, on: service, orderID: id)
             #expect(try await service.metric("order_status_delivery_lag_seconds_count") == 0)
             let before = try await service.metric("order_status_events_delivered_total")
             try await service.changeStatus(id, to: "paid")

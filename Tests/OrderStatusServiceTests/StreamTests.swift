@@ -134,13 +134,7 @@ struct StreamTests {
         try await TestService.with(settings: ["HEARTBEAT_SECONDS": "600"]) { service in
             let id = uniqueOrderID("D")
             try await service.createOrder(id)
-            var streams: [SSEConnection] = []
-            for _ in 0..<3 {
-                let stream = try await SSEConnection.open(service, orderID: id)
-                _ = try await stream.events(1)
-                streams.append(stream)
-            }
-            try await eventually("three open streams") { try await service.metric("order_status_open_streams") == 3 }
+            let streams = try await SSEConnection.openRegistered(3, on: service, orderID: id)
             streams[0].close()
             streams[1].close()
             // Heartbeats are 10 minutes apart: only the close itself can remove them.

@@ -39,6 +39,19 @@ final class SSEConnection: @unchecked Sendable {
         return SSEConnection(status: Int(response.status.code), headers: response.headers, version: response.version, iterator: response.body.makeAsyncIterator())
     }
 
+    /// Opens `count` streams of one order, reads each one's first event, and waits until the hub
+    /// holds them all (the service must hold no other stream).
+    static func openRegistered(_ count: Int, on service: TestService, orderID: String) async throws -> [SSEConnection] {
+        var streams: [SSEConnection] = []
+        for _ in 0..<count {
+            let stream = try await open(service, orderID: orderID)
+            _ = try await stream.events(1)
+            streams.append(stream)
+        }
+        try await eventually("\(count) streams registered") { try await service.metric("order_status_open_streams") == Double(count) }
+        return streams
+    }
+
     /// The next item, or nil when the server ended the stream.
     func next(within limit: Duration = .seconds(10)) async throws -> SSEItem? {
         while true {
