@@ -31,8 +31,8 @@ public actor OrderEventHub: Service {
     public typealias StreamMailbox = AsyncStream<ByteBuffer>
     public typealias PollMailbox = AsyncStream<[EncodedEvent]>
 
-    /// Events read per query; a longer backlog is read in further pages.
-    static let pageSize = 1000
+    /// Events read per query, by the hub and by a stream's replay.
+    static let pageSize = OrderDeliveryState.pageSize
     /// Events a long poll answers with at most.
     static let pollBatchLimit = 100
 
@@ -53,20 +53,21 @@ public actor OrderEventHub: Service {
         let mailbox: PollMailbox.Continuation
     }
 
+    /// One order's subscribers, and the rules that deliver its events to them exactly once.
     final class OrderSubscribers {
+        /// Tells this entry from a later one of the same order, for reads queued before it left.
+        let generation: Int
         var streams: [Int: StreamSubscriber] = [:]
         var polls: [Int: PollSubscriber] = [:]
-        /// The hub's reads have handled every event of the order up to this id: each was delivered
-        /// or was at or below every subscriber's position.
-        var fetchedUpTo: Int64?
-        /// The order's version as of `fetchedUpTo`: a notified event of the next version follows
-        /// it with no gap, so the hub can deliver it without a read. Nil when unknown.
-        var handledVersion: Int?
-        var isFetching = false
-        var needsFetch = false
+        var delivery = OrderDeliveryState()
+
+        init(generation: Int) {
+            self.generation = generation
+        }
 
         var isEmpty: Bool { streams.isEmpty && polls.isEmpty }
 
+        /// Where a read must start so that every subscriber is covered.
         var lowestPosition: Int64? {
             let streamLow = streams.values.lazy.map(\.position).min()
             let pollLow = polls.values.lazy.map(\.position).min()
@@ -79,7 +80,7 @@ public actor OrderEventHub: Service {
         }
     }
 
-    let store: OrderStore
+    let reader: any OrderEventReader
     let configuration: Configuration
     let metrics: DeliveryMetrics
     let logger: Logger
@@ -91,14 +92,14 @@ public actor OrderEventHub: Service {
     private var isShuttingDown = false
     /// What the hub's run loop acts on: reads to start, and streams whose clients left.
     private enum Work {
-        case read(OrderID)
+        case read(OrderID, generation: Int)
         case departure(OrderID, subscriber: Int)
     }
     private nonisolated let inbox: AsyncStream<Work>
     private nonisolated let inboxSource: AsyncStream<Work>.Continuation
 
-    public init(store: OrderStore, configuration: Configuration, metrics: DeliveryMetrics, logger: Logger) {
-        self.store = store
+    public init(reader: any OrderEventReader, configuration: Configuration, metrics: DeliveryMetrics, logger: Logger) {
+        self.reader = reader
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
@@ -108,23 +109,24 @@ public actor OrderEventHub: Service {
     // MARK: Service
 
     /// Runs the order reads and the one heartbeat timer shared by all streams. On graceful shutdown
-    /// it ends every stream and held poll, so the HTTP server can finish its own shutdown.
+    /// it ends every stream and held poll, so the HTTP server can finish its own shutdown; reads
+    /// still waiting on the database do not hold the streams open.
     public func run() async {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.sendHeartbeats() }
                 for await work in self.inbox {
                     switch work {
-                    case .read(let orderID): group.addTask { await self.readNewEvents(of: orderID) }
+                    case .read(let orderID, let generation): group.addTask { await self.readNewEvents(of: orderID, generation: generation) }
                     case .departure(let orderID, let id): self.unsubscribe(from: orderID, id: id)
                     }
                 }
+                await self.closeAllSubscribers()
                 group.cancelAll()
             }
         } onGracefulShutdown: {
             self.inboxSource.finish()
         }
-        await closeAllSubscribers()
     }
 
     // MARK: Admission
@@ -139,8 +141,9 @@ public actor OrderEventHub: Service {
     public func subscribe(to orderID: OrderID, after position: Int64, sink: any EventStreamSink) -> Int? {
         guard !isShuttingDown else { return nil }
         let id = makeSubscriberID()
-        let entry = entry(for: orderID, registeringAfter: position)
+        let entry = entry(for: orderID)
         entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now)
+        perform(entry.delivery.subscribed(after: position), for: orderID, entry)
         streamCount += 1
         metrics.openStreams.record(streamCount)
         return id
@@ -151,7 +154,7 @@ public actor OrderEventHub: Service {
         subscriber.sink.finish()
         streamCount -= 1
         metrics.openStreams.record(streamCount)
-        if entry.isEmpty { orders[orderID] = nil }
+        removeIfEmpty(orderID, entry)
     }
 
     /// A stream's client went away; callable from any thread (a channel's close callback).
@@ -166,8 +169,9 @@ public actor OrderEventHub: Service {
     public func holdPoll(on orderID: OrderID, after position: Int64, mailbox: PollMailbox.Continuation) -> Int? {
         guard !isShuttingDown else { return nil }
         let id = makeSubscriberID()
-        let entry = entry(for: orderID, registeringAfter: position)
+        let entry = entry(for: orderID)
         entry.polls[id] = PollSubscriber(position: position, mailbox: mailbox)
+        perform(entry.delivery.subscribed(after: position), for: orderID, entry)
         pollCount += 1
         metrics.heldPolls.record(pollCount)
         return id
@@ -178,7 +182,7 @@ public actor OrderEventHub: Service {
         poll.mailbox.finish()
         pollCount -= 1
         metrics.heldPolls.record(pollCount)
-        if entry.isEmpty { orders[orderID] = nil }
+        removeIfEmpty(orderID, entry)
     }
 
     // MARK: Notifications
@@ -188,20 +192,13 @@ public actor OrderEventHub: Service {
     /// read under way, or an event too large for the payload) the hub reads the table.
     public func notificationReceived(_ change: ChangeNotification) {
         guard let entry = orders[change.orderID] else { return }
-        if let fetched = entry.fetchedUpTo, fetched >= change.eventID { return }
-        if let event = change.event, !entry.isFetching, let handled = entry.handledVersion, event.version == handled + 1 {
-            entry.fetchedUpTo = event.id
-            entry.handledVersion = event.version
-            deliver([EncodedEvent(event)], to: change.orderID, entry)
-            return
-        }
-        requestRead(of: change.orderID, entry)
+        perform(entry.delivery.notified(eventID: change.eventID, event: change.event), for: change.orderID, entry)
     }
 
     /// Notifications sent while the listener was away are lost: re-read every order that has
     /// subscribers from their positions.
     public func catchUp() {
-        for (orderID, entry) in orders { requestRead(of: orderID, entry) }
+        for (orderID, entry) in orders { perform(entry.delivery.listenerReconnected(), for: orderID, entry) }
     }
 
     // MARK: Internals
@@ -211,59 +208,53 @@ public actor OrderEventHub: Service {
         return nextSubscriberID
     }
 
-    /// The order's entry, scheduling a read when the new subscriber may have missed an event: the
-    /// entry is new (notifications for an order nobody watched were ignored), the hub has read past
-    /// the subscriber's position or does not know how far it has read, or a read is under way that
-    /// started above the position. Reads start at the lowest position, so the newcomer is covered.
-    private func entry(for orderID: OrderID, registeringAfter position: Int64) -> OrderSubscribers {
-        if let entry = orders[orderID] {
-            if entry.isFetching || (entry.fetchedUpTo ?? .max) > position { requestRead(of: orderID, entry) }
-            return entry
-        }
-        let entry = OrderSubscribers()
+    /// The order's entry. Notifications for an order nobody watched were ignored, so a new entry
+    /// knows nothing, and its first subscriber's `subscribed` asks for a read.
+    private func entry(for orderID: OrderID) -> OrderSubscribers {
+        if let entry = orders[orderID] { return entry }
+        let entry = OrderSubscribers(generation: makeSubscriberID())
         orders[orderID] = entry
-        requestRead(of: orderID, entry)
         return entry
     }
 
-    private func requestRead(of orderID: OrderID, _ entry: OrderSubscribers) {
-        if entry.isFetching {
-            entry.needsFetch = true
-        } else {
-            entry.isFetching = true
-            inboxSource.yield(.read(orderID))
+    private func removeIfEmpty(_ orderID: OrderID, _ entry: OrderSubscribers) {
+        guard entry.isEmpty else { return }
+        entry.delivery.close()
+        orders[orderID] = nil
+    }
+
+    private func perform(_ action: OrderDeliveryState.Action, for orderID: OrderID, _ entry: OrderSubscribers) {
+        switch action {
+        case .none: break
+        case .startRead: inboxSource.yield(.read(orderID, generation: entry.generation))
+        case .deliver(let events): deliver(events.map(EncodedEvent.init), to: orderID, entry)
         }
     }
 
-    /// Reads and delivers the order's new events until nothing more is asked of it. Only one read
-    /// per order runs at a time, so each order's events are delivered in order.
-    private func readNewEvents(of orderID: OrderID) async {
-        guard let entry = orders[orderID] else { return }
-        defer { entry.isFetching = false }
-        var failures = 0
-        // The entry leaves `orders` when its last subscriber does; a newer entry runs its own reads.
-        while orders[orderID] === entry, let from = entry.lowestPosition {
-            entry.needsFetch = false
-            let page: EventPage?
+    /// Reads and delivers the order's new events until the machine asks for no further read. Only
+    /// one read per order runs at a time, so each order's events are delivered in order.
+    private func readNewEvents(of orderID: OrderID, generation: Int) async {
+        // The entry leaves `orders` when its last subscriber does, and its machine is then closed.
+        guard let entry = orders[orderID], entry.generation == generation else { return }
+        while let from = entry.lowestPosition, entry.delivery.readStarted(from: from) {
+            let action: OrderDeliveryState.ReadAction
             do {
-                page = try await store.events(of: orderID, after: from, limit: Self.pageSize)
+                let page = try await reader.events(of: orderID, after: from, limit: Self.pageSize)
                 metrics.hubReads.increment()
-                failures = 0
+                action = entry.delivery.readFinished(page)
             } catch {
-                failures += 1
+                action = entry.delivery.readFailed()
                 logger.warning("reading new events failed; retrying", metadata: ["order": "\(orderID)", "error": "\(String(reflecting: error))"])
-                // Back off, but keep trying: the subscribers are owed these events.
-                do { try await Task.sleep(for: .milliseconds(min(50 << min(failures, 7), 5_000))) } catch { return }
-                continue
             }
-            let events = page?.events.map(EncodedEvent.init) ?? []
-            // Every event up to here is now delivered or below every subscriber's position.
-            entry.fetchedUpTo = max(entry.fetchedUpTo ?? from, events.last?.id ?? from)
-            // A short page ends at the order's latest event, whose version the read also gave.
-            entry.handledVersion = page?.events.last?.version ?? page?.orderVersion
-            deliver(events, to: orderID, entry)
-            if events.count == Self.pageSize { entry.needsFetch = true }
-            if !entry.needsFetch { return }
+            switch action {
+            case .deliver(let events, let readAgain):
+                deliver(events.map(EncodedEvent.init), to: orderID, entry)
+                if !readAgain { return }
+            case .retry(let delay):
+                do { try await Task.sleep(for: delay) } catch { return }
+            case .stop:
+                return
+            }
         }
     }
 
@@ -332,6 +323,8 @@ public actor OrderEventHub: Service {
     /// spread. New subscribers are refused from the start.
     private func closeAllSubscribers() async {
         isShuttingDown = true
+        // Reads still under way deliver nothing: the clients resume with Last-Event-ID elsewhere.
+        for entry in orders.values { entry.delivery.close() }
         for (orderID, entry) in orders {
             for id in entry.polls.keys { releasePoll(on: orderID, id: id) }
         }

@@ -8,9 +8,15 @@ public struct ChangeNotification: Sendable, Equatable {
     /// The event as the table holds it, when the payload carried it.
     public let event: OrderEvent?
 
+    init(orderID: OrderID, eventID: Int64, event: OrderEvent?) {
+        self.orderID = orderID
+        self.eventID = eventID
+        self.event = event
+    }
+
     /// The SQL that notifies for each row of `events` (a CTE with the event table's columns).
     /// Lines are status, previous status, version, occurred-at and metadata; an empty line is
-    /// null. Metadata is last and jsonb text never holds a raw newline.
+    /// null. Metadata is last, and the compact JSON the service stores never holds a raw newline.
     static func notifySQL(from events: String) -> String {
         // The payload is built once (LATERAL) and measured, not built again for each use.
         let full = "concat_ws(E'\\n', n.id || ':' || n.order_id, n.status, coalesce(n.previous_status, ''), n.version, "
