@@ -62,6 +62,28 @@ struct OrderAPITests {
         }
     }
 
+    /// What is served is what was accepted, byte for byte once compacted: 1e1000 stays five
+    /// characters on every way out, so a response stays within the bound the metadata was held to.
+    @Test func metadataComesBackAsAcceptedOnEveryWayOut() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID()
+            let numbers = Array(repeating: "1e1000", count: 580).joined(separator: ", ")
+            let compact = "{\"n\":[" + numbers.replacingOccurrences(of: ", ", with: ",") + "],\"b\":{\"y\":-0.0,\"x\":\"\\\"\"}}"
+            let given = "{ \"n\" : [ " + numbers + " ] , \"b\" : { \"y\" : -0.0 , \"x\" : \"\\\"\" } }"
+            #expect(compact.utf8.count <= 4096 && compact.utf8.count > 4000)
+            let created = try await service.post("/orders", #"{"id":"\#(id)","metadata":\#(given)}"#)
+            #expect(created.status == 201)
+            let changed = try await service.changeStatus(id, to: "paid", metadata: given)
+            let events = try await service.get("/orders/\(id)/events")
+            let poll = try await service.get("/orders/\(id)/status/poll?after=0&timeout=0")
+            let order = try await service.get("/orders/\(id)")
+            for (what, response, copies) in [("create", created, 1), ("change", changed, 2), ("events", events, 2), ("poll", poll, 2), ("order", order, 1)] {
+                #expect(response.body.components(separatedBy: compact).count - 1 == copies, "\(what)")
+                #expect(response.body.utf8.count < copies * 4096 + 1024, "\(what) is \(response.body.utf8.count) bytes")
+            }
+        }
+    }
+
     @Test func eventsPaginateWithAfterAndLimit() async throws {
         try await TestService.with { service in
             let id = uniqueOrderID()

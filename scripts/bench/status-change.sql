@@ -15,7 +15,7 @@ WITH current_order AS (
     RETURNING o.*, c.status AS previous_status
 ), new_event AS (
     INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-    SELECT last_event_id, id, status, previous_status, version, updated_at, NULL::jsonb
+    SELECT last_event_id, id, status, previous_status, version, updated_at, NULL::json
     FROM changed_order
     RETURNING *
 ), notified AS (

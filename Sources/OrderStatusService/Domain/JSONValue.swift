@@ -4,7 +4,7 @@
 public indirect enum JSONValue: Sendable, Equatable {
     case null
     case bool(Bool)
-    /// The number's literal text, kept exact (PostgreSQL's jsonb stores numbers as numeric).
+    /// The number's literal text, kept exact: it is stored and served as the client wrote it.
     case number(String)
     case string(String)
     case array([JSONValue])
@@ -81,8 +81,8 @@ public indirect enum JSONValue: Sendable, Equatable {
         out += "\""
     }
 
-    /// True when a number could not be stored in PostgreSQL's numeric (which jsonb uses): we keep
-    /// well inside its limits, at most 1000 characters and a decimal exponent within ±1000.
+    /// True when a number is beyond what PostgreSQL's numeric, and so any consumer that casts the
+    /// metadata to jsonb, can hold: we keep well inside, at most 1000 characters and an exponent within ±1000.
     public var hasNumberOutOfRange: Bool {
         switch self {
         case .null, .bool, .string: return false
@@ -96,7 +96,7 @@ public indirect enum JSONValue: Sendable, Equatable {
         }
     }
 
-    /// True when any string, key or value, holds U+0000 (PostgreSQL's jsonb cannot store it).
+    /// True when any string, key or value, holds U+0000 (PostgreSQL's text, and so jsonb, cannot hold it).
     public var containsNUL: Bool {
         switch self {
         case .null, .bool, .number: return false

@@ -3,14 +3,14 @@ import PostgresNIO
 /// The store's statements, prepared once per pooled connection: PostgreSQL then plans each one
 /// once instead of on every call, which on the hot paths costs more than running it. Each names
 /// its parameter types: otherwise postgres-nio takes them from the first call's values, and a
-/// first call with null metadata would leave `$n::jsonb` typed jsonb, refusing text ever after.
+/// first call with null metadata would leave `$n::json` typed json, refusing text ever after.
 enum OrderStatements {
     /// Creates an order and its first event in one statement; no row when the id is taken.
     struct Create: PostgresPreparedStatement {
         static let sql = """
             WITH new_order AS (
                 INSERT INTO orders (id, status, version, metadata, created_at, updated_at, last_event_id)
-                VALUES ($1, $2, 1, $3::jsonb, now(), now(), nextval(pg_get_serial_sequence('order_events', 'id')))
+                VALUES ($1, $2, 1, $3::json, now(), now(), nextval(pg_get_serial_sequence('order_events', 'id')))
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *
             ), new_event AS (
@@ -55,7 +55,7 @@ enum OrderStatements {
                 RETURNING o.*, c.status AS previous_status
             ), new_event AS (
                 INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::jsonb
+                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::json
                 FROM changed_order
                 RETURNING *
             ), notified AS (
@@ -122,7 +122,7 @@ enum OrderStatements {
             return bindings
         }
 
-        func decodeRow(_ row: PostgresRow) throws -> (String, Int, SQL.OptionalEventRow) { try SQL.pageRow(row) }
+        func decodeRow(_ row: PostgresRow) throws -> (OrderStatus, Int, SQL.OptionalEventRow) { try SQL.pageRow(row) }
     }
 
     struct LatestEvent: OrderIDStatement {
