@@ -84,7 +84,7 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         let configuration = try settings.configuration()
         let logger = settings.logger(configuration)
-        let group = try buildServiceGroup(configuration: configuration, logger: logger) { channel in
+        let group = try await buildServiceGroup(configuration: configuration, logger: logger) { channel in
             let address = channel.localAddress?.description ?? "?"
             // Said at every start, so nobody runs it open believing it is protected.
             let authorization = configuration.authorization.map { "on (\($0.keys.summary))" } ?? "off: anyone who reaches the port may read and change orders"

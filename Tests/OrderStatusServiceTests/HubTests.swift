@@ -11,7 +11,7 @@ struct HubTests {
         var values = ["DATABASE_URL": TestDatabase.url]
         values.merge(settings) { $1 }
         let configuration = try Configuration(values: values)
-        let parts = try ServiceParts(configuration: configuration, logger: testLogger)
+        let parts = try await ServiceParts(configuration: configuration, logger: testLogger)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await parts.postgres.run() }
             group.addTask { await parts.listener.run() }

@@ -13,13 +13,15 @@ public struct ServiceParts: Sendable {
     public let metrics: ServiceMetrics
     public let hub: OrderEventHub
     public let listener: NotificationListener
+    /// Checks bearer tokens when keys are configured; nil leaves the order routes open.
+    public let authorization: TokenVerifier?
 
-    public init(configuration: Configuration, logger: Logger) throws {
+    public init(configuration: Configuration, logger: Logger) async throws {
         postgres = PostgresClient(configuration: configuration.database.clientConfiguration(poolSize: configuration.databasePoolSize), backgroundLogger: logger)
         metrics = ServiceMetrics(configuration: configuration)
         store = OrderStore(client: postgres, logger: logger, timeout: configuration.databaseTimeout, metrics: metrics.database)
         hub = OrderEventHub(
-            store: store,
+            reader: store,
             configuration: .init(
                 heartbeatInterval: configuration.heartbeatInterval,
                 streamBufferCapacity: configuration.streamBufferFrames,
@@ -40,6 +42,11 @@ public struct ServiceParts: Sendable {
             metrics: metrics.delivery,
             logger: logger
         )
+        if let settings = configuration.authorization {
+            authorization = try await TokenVerifier.make(settings: settings)
+        } else {
+            authorization = nil
+        }
     }
 }
 
@@ -59,7 +66,7 @@ public func buildApplication(
     }
     router.add(middleware: ProblemMiddleware())
     // Order routes sit behind bearer tokens when keys are configured; health and the page stay public.
-    let authorization = configuration.authorization.map { TokenVerifier(settings: $0) }
+    let authorization = parts.authorization
     OrderController(store: parts.store).addRoutes(to: router.group("orders").authorized(by: authorization))
     LongPollController(store: parts.store, hub: parts.hub).addRoutes(to: router.group("orders").authorized(by: authorization))
     EventStreamController(
@@ -101,8 +108,8 @@ public func buildServiceGroup(
     logger: Logger,
     gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
-) throws -> ServiceGroup {
-    let parts = try ServiceParts(configuration: configuration, logger: logger)
+) async throws -> ServiceGroup {
+    let parts = try await ServiceParts(configuration: configuration, logger: logger)
     let app = buildApplication(configuration: configuration, parts: parts, logger: logger, onServerRunning: onServerRunning)
     var groupConfiguration = ServiceGroupConfiguration(
         services: [parts.postgres, parts.listener, app, parts.hub],
@@ -114,3 +121,4 @@ public func buildServiceGroup(
     groupConfiguration.maximumCancellationDuration = nil
     return ServiceGroup(configuration: groupConfiguration)
 }
+

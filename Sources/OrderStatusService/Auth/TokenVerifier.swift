@@ -26,19 +26,25 @@ public enum TokenRejection: Error, Equatable, Sendable {
 
 /// Checks bearer tokens: the signature against the configured keys, then `exp` (required), `nbf`,
 /// and the issuer and audience when configured. Times allow `leeway` for clocks that disagree.
-public actor TokenVerifier {
+public struct TokenVerifier: Sendable {
     public static let leeway: TimeInterval = 30
 
-    public nonisolated let settings: AuthorizationSettings
-    private var collection: JWTKeyCollection?
+    public let settings: AuthorizationSettings
+    /// Built once at startup: jwt-kit fills it through async calls, so `make` is async.
+    private let keys: JWTKeyCollection
 
-    public init(settings: AuthorizationSettings) {
+    private init(settings: AuthorizationSettings, keys: JWTKeyCollection) {
         self.settings = settings
+        self.keys = keys
+    }
+
+    /// A verifier with the settings' keys; the keys themselves were checked when the settings were read.
+    public static func make(settings: AuthorizationSettings) async throws -> TokenVerifier {
+        TokenVerifier(settings: settings, keys: try await settings.keys.makeCollection())
     }
 
     /// The token's claims, or why it is refused.
-    public nonisolated func verify(_ token: String, now: Date = Date()) async throws -> AccessClaims {
-        let keys = try await keyCollection()
+    public func verify(_ token: String, now: Date = Date()) async throws -> AccessClaims {
         let claims: AccessClaims
         do {
             // Tokens need not name their key: each configured key is tried in turn.
@@ -57,22 +63,11 @@ public actor TokenVerifier {
         return claims
     }
 
-    nonisolated func check(_ claims: AccessClaims, now: Date) throws(TokenRejection) {
+    func check(_ claims: AccessClaims, now: Date) throws(TokenRejection) {
         guard let expiry = claims.exp?.value else { throw .noExpiry }
         guard now.timeIntervalSince(expiry) <= Self.leeway else { throw .expired }
         if let notBefore = claims.nbf?.value, notBefore.timeIntervalSince(now) > Self.leeway { throw .notYetValid }
         if let issuer = settings.issuer, claims.iss?.value != issuer { throw .wrongIssuer }
         if let audience = settings.audience, !(claims.aud?.value ?? []).contains(audience) { throw .wrongAudience }
-    }
-
-    /// jwt-kit fills its key collection through async calls, so it is built on first use rather
-    /// than at startup; the keys themselves were checked when the settings were read.
-    private func keyCollection() async throws -> JWTKeyCollection {
-        if let collection { return collection }
-        let made = try await settings.keys.makeCollection()
-        // Two first requests may both build one; they are equal, keep the first.
-        if let collection { return collection }
-        collection = made
-        return made
     }
 }

@@ -37,6 +37,8 @@ public actor NotificationListener: Service {
     public private(set) var isListening = false
     private var hasListenedBefore = false
     private var connectionID = 0
+    /// Since when, and after how many failed attempts, the listener has been without a connection.
+    private var outage: (since: ContinuousClock.Instant, attempts: Int)?
 
     public init(configuration: Configuration, hub: OrderEventHub, metrics: DeliveryMetrics, logger: Logger) {
         self.configuration = configuration
@@ -52,19 +54,31 @@ public actor NotificationListener: Service {
         }
     }
 
+    /// Logs one warning when an outage starts and one line when it ends, not one per retry: an
+    /// outage of minutes would otherwise fill the log with the same error.
     private func listenUntilCancelled() async {
-        var failures = 0
         while !Task.isCancelled {
+            var failure: (any Error)?
             do {
                 try await listenOnce()
             } catch {
                 if Task.isCancelled { break }
-                logger.warning("notification listener lost its connection", metadata: ["error": "\(String(reflecting: error))"])
+                failure = error
             }
             // A connection that reached LISTEN starts the backoff afresh.
-            failures = isListening ? 1 : failures + 1
+            let attempts = isListening ? 1 : (outage?.attempts ?? 0) + 1
             isListening = false
-            guard (try? await Task.sleep(for: backoff(afterFailures: failures))) != nil else { break }
+            let delay = backoff(afterFailures: attempts)
+            let details: Logger.Metadata = [
+                "attempt": "\(attempts)", "next_attempt_in": "\(delay)", "error": "\(failure.map { String(reflecting: $0) } ?? "connection ended")",
+            ]
+            if attempts == 1 {
+                logger.warning("notification listener lost its connection; reconnecting", metadata: details)
+            } else {
+                logger.debug("notification listener could not reconnect", metadata: details)
+            }
+            outage = (outage?.since ?? .now, attempts)
+            guard (try? await Task.sleep(for: delay)) != nil else { break }
         }
         isListening = false
     }
@@ -95,12 +109,23 @@ public actor NotificationListener: Service {
     }
 
     private func deliverNotifications(from connection: PostgresConnection) async throws {
+        try await connection.listen(on: OrderStore.notificationChannel) { notifications in
+            try await self.deliver(notifications, from: connection)
+        }
+    }
+
+    private func deliver(_ notifications: PostgresNotificationSequence, from connection: PostgresConnection) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
-            let notifications = try await connection.listen(OrderStore.notificationChannel)
             isListening = true
             if hasListenedBefore { metrics.listenerReconnects.increment() }
             hasListenedBefore = true
-            logger.info("listening for order changes", metadata: ["channel": "\(OrderStore.notificationChannel)"])
+            var details: Logger.Metadata = ["channel": "\(OrderStore.notificationChannel)"]
+            if let outage {
+                details["failed_attempts"] = "\(outage.attempts)"
+                details["outage"] = "\(ContinuousClock.now - outage.since)"
+                self.outage = nil
+            }
+            logger.info("listening for order changes", metadata: details)
             await hub.catchUp()
             group.addTask { try await self.ping(connection) }
             group.addTask {

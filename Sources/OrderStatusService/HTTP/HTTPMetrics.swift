@@ -1,4 +1,5 @@
 import Hummingbird
+import NIOConcurrencyHelpers
 import Prometheus
 
 /// `order_status_http_request_duration_seconds{route, method, status}`: how long the service took
@@ -6,6 +7,15 @@ import Prometheus
 /// route's template (`/orders/{id}/status`), never the path a client sent.
 public struct HTTPMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
+    /// Each label set's histogram, made once: the registry's own lookup validates and sorts the
+    /// labels under its lock on every call; this is one dictionary read under a lock of its own.
+    private let histograms = NIOLockedValueBox<[Labels: DurationHistogram]>([:])
+
+    private struct Labels: Hashable {
+        var route: String
+        var method: String
+        var status: Int
+    }
 
     static var requestDuration: MetricNameDescriptor { MetricNameDescriptor(
         namespace: "order_status", metricName: "http_request_duration", unitName: "seconds",
@@ -23,14 +33,25 @@ public struct HTTPMetrics: Sendable {
     }
 
     func record(route: String?, method: HTTPRequest.Method, status: HTTPResponse.Status, duration: Duration) {
-        let route = route.flatMap { $0 == "NotFound" ? nil : $0 } ?? Self.unmatchedRoute
-        let method = Self.knownMethods.contains(method) ? method.rawValue : "other"
-        // The registry returns the existing histogram for known labels; its lookup is the backend's own.
-        registry.makeDurationHistogram(
-            descriptor: Self.requestDuration,
-            labels: [("route", route), ("method", method), ("status", String(status.code))],
-            buckets: Self.buckets
-        ).record(duration)
+        let labels = Labels(
+            route: route.flatMap { $0 == "NotFound" ? nil : $0 } ?? Self.unmatchedRoute,
+            method: Self.knownMethods.contains(method) ? method.rawValue : "other",
+            status: status.code
+        )
+        histogram(for: labels).record(duration)
+    }
+
+    private func histogram(for labels: Labels) -> DurationHistogram {
+        histograms.withLockedValue { histograms in
+            if let known = histograms[labels] { return known }
+            let made = registry.makeDurationHistogram(
+                descriptor: Self.requestDuration,
+                labels: [("route", labels.route), ("method", labels.method), ("status", String(labels.status))],
+                buckets: Self.buckets
+            )
+            histograms[labels] = made
+            return made
+        }
     }
 }
 

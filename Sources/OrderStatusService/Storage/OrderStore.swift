@@ -5,7 +5,7 @@ import PostgresNIO
 /// row, writes the order and its event, and sends the wake-up notification, so an event exists
 /// if and only if its change committed, and one order's event ids increase in commit order.
 public struct OrderStore: Sendable {
-    /// The channel every instance LISTENs on. A payload is `<event id>:<order id>`.
+    /// The channel every instance LISTENs on; `ChangeNotification` describes the payload.
     public static let notificationChannel = "order_status_events"
 
     let client: PostgresClient
@@ -30,41 +30,34 @@ public struct OrderStore: Sendable {
 
     /// Creates an order and its first event. Throws `OrderStoreError.orderExists` for a taken id.
     public func create(_ order: NewOrder) async throws -> (Order, OrderEvent) {
-        try await bounded { try await createNow(order) }
-    }
-
-    private func createNow(_ order: NewOrder) async throws -> (Order, OrderEvent) {
         let id = order.id ?? OrderID.generate()
         // One statement is one transaction: the order, its event and the notification commit together.
         let statement = OrderStatements.Create(id: id.rawValue, status: order.status.rawValue, metadata: order.metadata?.json)
-        for try await created in try await client.execute(statement, logger: logger) {
-            return created
+        return try await bounded {
+            for try await created in try await client.execute(statement, logger: logger) {
+                return created
+            }
+            throw OrderStoreError.orderExists(id)
         }
-        throw OrderStoreError.orderExists(id)
     }
 
     public func order(_ id: OrderID) async throws -> Order? {
-        try await bounded { try await orderNow(id) }
-    }
-
-    private func orderNow(_ id: OrderID) async throws -> Order? {
-        for try await order in try await client.execute(OrderStatements.OrderByID(id: id.rawValue), logger: logger) {
-            return order
+        try await bounded {
+            for try await order in try await client.execute(OrderStatements.OrderByID(id: id.rawValue), logger: logger) {
+                return order
+            }
+            return nil
         }
-        return nil
     }
 
     /// Applies a status change under the order's row lock. `allowedVersions` is If-Match's list:
     /// when given, the order's current version must be one of them.
-    public func changeStatus(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
-        try await bounded { try await changeStatusNow(of: id, to: change, allowedVersions: allowedVersions) }
-    }
-
+    ///
     /// One statement, so one round trip and one transaction: it locks the row, changes it only
     /// when the version and the status model allow, writes the event and notifies. It returns the
     /// order (changed or as it stands) and the event, if one was written; a refusal is then
     /// explained from the same locked row.
-    private func changeStatusNow(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
+    public func changeStatus(of id: OrderID, to change: StatusChange, allowedVersions: Set<Int>?) async throws -> StatusChangeOutcome {
         let statement = OrderStatements.ChangeStatus(
             id: id.rawValue,
             status: change.status.rawValue,
@@ -72,46 +65,43 @@ public struct OrderStore: Sendable {
             versions: allowedVersions.map { Array($0) },
             metadata: change.metadata?.json
         )
-        for try await (order, event) in try await client.execute(statement, logger: logger) {
-            if let event { return .changed(order, event) }
-            if let allowedVersions, !allowedVersions.contains(order.version) {
-                throw OrderStoreError.versionMismatch(current: order.version)
+        return try await bounded {
+            for try await (order, event) in try await client.execute(statement, logger: logger) {
+                if let event { return .changed(order, event) }
+                if let allowedVersions, !allowedVersions.contains(order.version) {
+                    throw OrderStoreError.versionMismatch(current: order.version)
+                }
+                switch order.status.transition(to: change.status) {
+                case .unchanged: return .unchanged(order)
+                case .forbidden: throw OrderStoreError.transitionNotAllowed(from: order.status, to: change.status)
+                case .allowed: throw OrderStoreError.corruptRow("a change the status model allows was not applied")
+                }
             }
-            switch order.status.transition(to: change.status) {
-            case .unchanged: return .unchanged(order)
-            case .forbidden: throw OrderStoreError.transitionNotAllowed(from: order.status, to: change.status)
-            case .allowed: throw OrderStoreError.corruptRow("a change the status model allows was not applied")
-            }
+            throw OrderStoreError.orderNotFound(id)
         }
-        throw OrderStoreError.orderNotFound(id)
     }
 
     /// The order's events with ids above `after`, ascending, or nil when the order does not exist.
     public func events(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
-        try await bounded { try await eventsNow(of: id, after: after, limit: limit) }
-    }
-
-    private func eventsNow(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
-        var page: EventPage?
-        for try await (status, version, event) in try await client.execute(OrderStatements.EventsAfter(id: id.rawValue, after: after, limit: limit), logger: logger) {
-            if page == nil {
-                page = EventPage(orderStatus: try SQL.status(status), orderVersion: version, events: [])
+        let statement = OrderStatements.EventsAfter(id: id.rawValue, after: after, limit: limit)
+        return try await bounded {
+            var page: EventPage?
+            for try await (status, version, event) in try await client.execute(statement, logger: logger) {
+                if page == nil { page = EventPage(orderStatus: status, orderVersion: version, events: []) }
+                if event.0 != nil { page?.events.append(try SQL.event(event)) }
             }
-            if event.0 != nil { page?.events.append(try SQL.event(event)) }
+            return page
         }
-        return page
     }
 
     /// The order's latest event (its current state), or nil when the order does not exist.
     public func latestEvent(of id: OrderID) async throws -> OrderEvent? {
-        try await bounded { try await latestEventNow(of: id) }
-    }
-
-    private func latestEventNow(of id: OrderID) async throws -> OrderEvent? {
-        for try await event in try await client.execute(OrderStatements.LatestEvent(id: id.rawValue), logger: logger) {
-            return event
+        try await bounded {
+            for try await event in try await client.execute(OrderStatements.LatestEvent(id: id.rawValue), logger: logger) {
+                return event
+            }
+            return nil
         }
-        return nil
     }
 
     /// Answers when the database does, within `limit`.
@@ -160,32 +150,28 @@ enum SQL {
             + "\(time("\(alias).occurred_at")), \(alias).metadata::text"
     }
 
-    typealias OrderRow = (String, String, Int, String, String, Int64, String?)
-    typealias EventRow = (Int64, String, String, String?, Int, String, String?)
+    typealias OrderRow = (String, OrderStatus, Int, String, String, Int64, String?)
+    typealias EventRow = (Int64, String, OrderStatus, OrderStatus?, Int, String, String?)
     /// An event read through an outer join: every column may be null.
-    typealias OptionalEventRow = (Int64?, String?, String?, String?, Int?, String?, String?)
+    typealias OptionalEventRow = (Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?)
 
     static func orderAndEvent(_ row: PostgresRow) throws -> (Order, OrderEvent) {
-        let c = try row.decode((String, String, Int, String, String, Int64, String?, Int64, String, String, String?, Int, String, String?).self)
+        let c = try row.decode((String, OrderStatus, Int, String, String, Int64, String?, Int64, String, OrderStatus, OrderStatus?, Int, String, String?).self)
         return (try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6)), try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
     }
 
     static func orderAndOptionalEvent(_ row: PostgresRow) throws -> (Order, OrderEvent?) {
-        let c = try row.decode((String, String, Int, String, String, Int64, String?, Int64?, String?, String?, String?, Int?, String?, String?).self)
+        let c = try row.decode(
+            (String, OrderStatus, Int, String, String, Int64, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
         let order = try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6))
         guard c.7 != nil else { return (order, nil) }
         return (order, try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
     }
 
     /// An order's status and version, then one of its events or nulls.
-    static func pageRow(_ row: PostgresRow) throws -> (String, Int, OptionalEventRow) {
-        let c = try row.decode((String, Int, Int64?, String?, String?, String?, Int?, String?, String?).self)
+    static func pageRow(_ row: PostgresRow) throws -> (OrderStatus, Int, OptionalEventRow) {
+        let c = try row.decode((OrderStatus, Int, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
         return (c.0, c.1, (c.2, c.3, c.4, c.5, c.6, c.7, c.8))
-    }
-
-    static func status(_ text: String) throws -> OrderStatus {
-        guard let status = OrderStatus(rawValue: text) else { throw OrderStoreError.corruptRow("unknown status \(text)") }
-        return status
     }
 
     static func orderID(_ text: String) throws -> OrderID {
@@ -194,13 +180,13 @@ enum SQL {
     }
 
     static func order(_ row: OrderRow) throws -> Order {
-        Order(id: try orderID(row.0), status: try status(row.1), version: row.2, createdAt: row.3, updatedAt: row.4,
+        Order(id: try orderID(row.0), status: row.1, version: row.2, createdAt: row.3, updatedAt: row.4,
               lastEventID: row.5, metadata: row.6)
     }
 
     static func event(_ row: EventRow) throws -> OrderEvent {
-        OrderEvent(id: row.0, orderID: try orderID(row.1), status: try status(row.2),
-                   previousStatus: try row.3.map(status), version: row.4, occurredAt: row.5, metadata: row.6)
+        OrderEvent(id: row.0, orderID: try orderID(row.1), status: row.2,
+                   previousStatus: row.3, version: row.4, occurredAt: row.5, metadata: row.6)
     }
 
     static func event(_ row: OptionalEventRow) throws -> OrderEvent {
@@ -208,5 +194,16 @@ enum SQL {
             throw OrderStoreError.corruptRow("event row with missing columns")
         }
         return try event((id, order, status, row.3, version, occurredAt, row.6))
+    }
+}
+
+/// Statuses are stored as their names; a name the domain does not know is a corrupt row.
+extension OrderStatus: PostgresDecodable {
+    public init(
+        from buffer: inout ByteBuffer, type: PostgresDataType, format: PostgresFormat, context: PostgresDecodingContext<some PostgresJSONDecoder>
+    ) throws {
+        let name = try String(from: &buffer, type: type, format: format, context: context)
+        guard let status = OrderStatus(rawValue: name) else { throw OrderStoreError.corruptRow("unknown status \(name)") }
+        self = status
     }
 }

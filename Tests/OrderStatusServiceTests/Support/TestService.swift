@@ -74,7 +74,7 @@ struct TestService: Sendable {
         values.merge(settings) { $1 }
         let configuration = try Configuration(values: values)
         let (ports, portSource) = AsyncStream.makeStream(of: Int.self)
-        let group = try buildServiceGroup(configuration: configuration, logger: testLogger, gracefulShutdownSignals: []) { channel in
+        let group = try await buildServiceGroup(configuration: configuration, logger: testLogger, gracefulShutdownSignals: []) { channel in
             portSource.yield(channel.localAddress?.port ?? 0)
             portSource.finish()
         }
