@@ -17,6 +17,7 @@ struct HubTests {
             group.addTask { await parts.listener.run() }
             group.addTask { await parts.hub.run() }
             try await Migrator(directory: configuration.migrationsDirectory, logger: testLogger).migrate(client: parts.postgres)
+            parts.migrationsApplied.signal()
             try await eventually("the listener is connected") { await parts.listener.isListening }
             do {
                 try await body(parts)

@@ -39,7 +39,7 @@ struct StoreTests {
                 let connection = try await PostgresConnection.connect(
                     configuration: try DatabaseURL(TestDatabase.url).connectionConfiguration(), id: 7, logger: testLogger)
                 do {
-                    let notifications = try await connection.listen(OrderStore.notificationChannel)
+                    let notifications = try await connection.listen(try await store.notificationChannel())
                     _ = try await store.create(NewOrder(id: id))
                     for (index, json) in metadata.enumerated() {
                         let status: OrderStatus = [.paid, .processing, .shipped][index]

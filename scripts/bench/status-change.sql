@@ -19,7 +19,7 @@ WITH current_order AS (
     FROM changed_order
     RETURNING *
 ), notified AS (
-    SELECT pg_notify('order_status_events', CASE WHEN octet_length(p.payload) < 8000 THEN p.payload ELSE n.id || chr(58) || n.order_id END)
+    SELECT pg_notify((SELECT name FROM notification_channel), CASE WHEN octet_length(p.payload) < 8000 THEN p.payload ELSE n.id || chr(58) || n.order_id END)
     FROM new_event n, LATERAL (SELECT concat_ws(E'\n', n.id || chr(58) || n.order_id, n.status, coalesce(n.previous_status, ''), n.version, to_char(n.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24' || chr(58) || 'MI' || chr(58) || 'SS.MS"Z"'), coalesce(n.metadata::text, '')) AS payload) p
 ), latest AS (
     SELECT * FROM changed_order UNION ALL SELECT *, NULL FROM current_order WHERE NOT EXISTS (SELECT FROM changed_order)

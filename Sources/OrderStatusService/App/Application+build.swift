@@ -13,6 +13,8 @@ public struct ServiceParts: Sendable {
     public let metrics: ServiceMetrics
     public let hub: OrderEventHub
     public let listener: NotificationListener
+    /// Signalled by whoever applies the migrations (the application before it serves, or a test).
+    public let migrationsApplied = MigrationsApplied()
     /// Checks bearer tokens when keys are configured; nil leaves the order routes open.
     public let authorization: TokenVerifier?
 
@@ -38,6 +40,11 @@ public struct ServiceParts: Sendable {
                 pingInterval: configuration.listenerPingInterval,
                 pingTimeout: configuration.listenerPingTimeout
             ),
+            channelName: { [store, migrationsApplied] in
+                await migrationsApplied.wait()
+                try Task.checkCancellation()
+                return try await store.notificationChannel()
+            },
             hub: hub,
             metrics: metrics.delivery,
             logger: logger
@@ -97,6 +104,7 @@ public func buildApplication(
     let migrator = Migrator(directory: configuration.migrationsDirectory, logger: logger)
     app.beforeServerStarts {
         try await migrator.migrate(client: parts.postgres)
+        parts.migrationsApplied.signal()
     }
     return app
 }

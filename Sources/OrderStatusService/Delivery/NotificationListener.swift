@@ -31,6 +31,8 @@ public actor NotificationListener: Service {
     }
 
     let configuration: Configuration
+    /// Reads the channel's secret name through the pool: this connection runs nothing but LISTEN.
+    let channelName: @Sendable () async throws -> String
     let hub: OrderEventHub
     let metrics: DeliveryMetrics
     let logger: Logger
@@ -40,8 +42,12 @@ public actor NotificationListener: Service {
     /// Since when, and after how many failed attempts, the listener has been without a connection.
     private var outage: (since: ContinuousClock.Instant, attempts: Int)?
 
-    public init(configuration: Configuration, hub: OrderEventHub, metrics: DeliveryMetrics, logger: Logger) {
+    public init(
+        configuration: Configuration, channelName: @escaping @Sendable () async throws -> String, hub: OrderEventHub, metrics: DeliveryMetrics,
+        logger: Logger
+    ) {
         self.configuration = configuration
+        self.channelName = channelName
         self.hub = hub
         self.metrics = metrics
         self.logger = logger
@@ -93,6 +99,9 @@ public actor NotificationListener: Service {
 
     /// One connection's life: connect, LISTEN, catch up, then deliver until it fails.
     private func listenOnce() async throws {
+        // Read before connecting, and again after every loss: the name is known once migrations ran.
+        let channel = try await channelName()
+        guard ChangeNotification.isChannelName(channel) else { throw ListenerError.malformedChannelName }
         connectionID += 1
         let connection = try await PostgresConnection.connect(
             on: MultiThreadedEventLoopGroup.singleton.any(),
@@ -101,25 +110,26 @@ public actor NotificationListener: Service {
             logger: logger
         )
         do {
-            try await deliverNotifications(from: connection)
+            try await deliverNotifications(on: channel, from: connection)
         } catch {
             try? await connection.close()
             throw error
         }
     }
 
-    private func deliverNotifications(from connection: PostgresConnection) async throws {
-        try await connection.listen(on: OrderStore.notificationChannel) { notifications in
-            try await self.deliver(notifications, from: connection)
+    private func deliverNotifications(on channel: String, from connection: PostgresConnection) async throws {
+        try await connection.listen(on: channel) { notifications in
+            try await self.deliver(notifications, on: channel, from: connection)
         }
     }
 
-    private func deliver(_ notifications: PostgresNotificationSequence, from connection: PostgresConnection) async throws {
+    private func deliver(_ notifications: PostgresNotificationSequence, on channel: String, from connection: PostgresConnection) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             isListening = true
             if hasListenedBefore { metrics.listenerReconnects.increment() }
             hasListenedBefore = true
-            var details: Logger.Metadata = ["channel": "\(OrderStore.notificationChannel)"]
+            // The channel's name is a secret: it stays out of the log.
+            var details: Logger.Metadata = [:]
             if let outage {
                 details["failed_attempts"] = "\(outage.attempts)"
                 details["outage"] = "\(ContinuousClock.now - outage.since)"
@@ -127,13 +137,13 @@ public actor NotificationListener: Service {
             }
             logger.info("listening for order changes", metadata: details)
             await hub.catchUp()
-            group.addTask { try await self.ping(connection) }
+            group.addTask { try await self.ping(connection, channel: channel) }
             group.addTask {
                 for try await notification in notifications {
                     guard let change = ChangeNotification(payload: notification.payload) else {
-                        // The first line only: the rest is the event, metadata included, which logs need not hold.
-                        let head = notification.payload.prefix { $0 != "\n" }.prefix(200)
-                        self.logger.warning("ignoring a malformed notification", metadata: ["payload": "\(head)"])
+                        self.metrics.notificationsRejected.increment()
+                        self.logger.warning(
+                            "ignoring a malformed notification", metadata: ["payload": "\(ChangeNotification.logExcerpt(of: notification.payload))"])
                         continue
                     }
                     await self.hub.notificationReceived(change)
@@ -147,12 +157,12 @@ public actor NotificationListener: Service {
     }
 
     /// Repeats `LISTEN` as the ping: a no-op for PostgreSQL, so the connection runs nothing else.
-    private nonisolated func ping(_ connection: PostgresConnection) async throws {
+    private nonisolated func ping(_ connection: PostgresConnection, channel: String) async throws {
         while true {
             try await Task.sleep(for: configuration.pingInterval)
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 group.addTask {
-                    _ = try await connection.query("LISTEN \(unescaped: OrderStore.notificationChannel)", logger: self.logger).collect()
+                    _ = try await connection.query("LISTEN \(unescaped: channel)", logger: self.logger).collect()
                     return true
                 }
                 group.addTask {
@@ -171,5 +181,6 @@ public actor NotificationListener: Service {
     enum ListenerError: Error {
         case notificationsEnded
         case pingTimedOut
+        case malformedChannelName
     }
 }

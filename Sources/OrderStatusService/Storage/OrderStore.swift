@@ -5,9 +5,6 @@ import PostgresNIO
 /// row, writes the order and its event, and sends the wake-up notification, so an event exists
 /// if and only if its change committed, and one order's event ids increase in commit order.
 public struct OrderStore: Sendable {
-    /// The channel every instance LISTENs on; `ChangeNotification` describes the payload.
-    public static let notificationChannel = "order_status_events"
-
     let client: PostgresClient
     let logger: Logger
     /// How long an operation may wait for the database: without a bound, postgres-nio waits for a
@@ -101,6 +98,18 @@ public struct OrderStore: Sendable {
                 return event
             }
             return nil
+        }
+    }
+
+    /// The secret name of the channel every instance LISTENs on (migration 003); `ChangeNotification`
+    /// describes the payload.
+    public func notificationChannel() async throws -> String {
+        try await bounded {
+            for try await name in try await client.query("SELECT name FROM notification_channel", logger: logger).decode(String.self) {
+                guard ChangeNotification.isChannelName(name) else { throw OrderStoreError.corruptRow("malformed notification channel name") }
+                return name
+            }
+            throw OrderStoreError.corruptRow("notification_channel holds no row")
         }
     }
 
