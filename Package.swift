@@ -48,10 +48,13 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
             ]
         ),
+        // The client side of the event stream, free of the server's dependencies.
+        .target(name: "EventStreamClient"),
         .executableTarget(
             name: "order-status",
             dependencies: [
                 "OrderStatusService",
+                "EventStreamClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
@@ -59,6 +62,7 @@ let package = Package(
         .executableTarget(
             name: "order-status-load",
             dependencies: [
+                "EventStreamClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -70,11 +74,13 @@ let package = Package(
             name: "OrderStatusServiceTests",
             dependencies: [
                 "OrderStatusService",
+                "EventStreamClient",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "JWTKit", package: "jwt-kit"),
             ]
         ),
+        .testTarget(name: "EventStreamClientTests", dependencies: ["EventStreamClient"]),
     ]
 )

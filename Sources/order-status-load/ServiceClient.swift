@@ -1,5 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
+import EventStreamClient
 import Foundation
 import NIOCore
 
@@ -62,20 +63,20 @@ struct ServiceClient: Sendable {
 /// Reads SSE event ids from a response body, chunk by chunk.
 struct SSEFrameReader {
     var iterator: HTTPClientResponse.Body.AsyncIterator
-    var pending = ""
+    var reader = EventStreamReader()
+    var ids: [Int64] = []
 
     init(_ iterator: HTTPClientResponse.Body.AsyncIterator) { self.iterator = iterator }
 
     mutating func nextEventID() async throws -> Int64 {
-        while true {
-            while let range = pending.range(of: "\n\n") {
-                let block = pending[..<range.lowerBound]
-                pending.removeSubrange(..<range.upperBound)
-                if block.hasPrefix("id: "), let id = Int64(block.dropFirst(4).prefix { $0.isNumber }) { return id }
-            }
+        while ids.isEmpty {
             guard let chunk = try await iterator.next() else { throw ValidationError("the stream ended") }
-            pending += String(buffer: chunk)
+            for case .event(_, _, let lastEventID) in reader.feed(chunk.readableBytesView) {
+                guard let id = Int64(lastEventID) else { throw ValidationError("an event without a numeric id: '\(lastEventID)'") }
+                ids.append(id)
+            }
         }
+        return ids.removeFirst()
     }
 }
 

@@ -23,6 +23,7 @@ struct StreamRecord: Sendable {
 /// A bare-bones SSE client on one NIO channel: sends the GET, decodes the chunked response with
 /// NIO's HTTP/1 decoder, splits it into SSE blocks and records ids, heartbeats and latencies.
 /// It keeps no per-event state beyond the record, so thousands fit in one load process.
+/// A byte scanner, not EventStreamReader: 19 000 held streams must cost no line buffer or String per event.
 /// Unchecked Sendable: its state is touched only on its channel's event loop.
 final class StreamProbeHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = HTTPClientResponsePart

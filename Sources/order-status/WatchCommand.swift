@@ -1,5 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
+import EventStreamClient
 import Foundation
 import NIOCore
 import NIOPosix

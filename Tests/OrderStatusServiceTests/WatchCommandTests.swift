@@ -153,43 +153,6 @@ struct WatchCommandTests {
     }
 }
 
-/// The command's stream parser on its own, fed the same bytes whole and in every split.
-@Suite("order-status watch: EventStreamReader")
-struct WatchCommandReaderTests {
-    static let stream = "retry: 2500\r\n\r\n: heartbeat\n\nid: 7\nevent: order-status\ndata: {\"a\":\"é\"}\n\n"
-        + "id: 8\rdata:first\rdata: second\r\r" + "id: 9\n\n" + "data: no type\nunknown: x\nretry: soon\n\n" + "id: 10\ndata: cut off"
-    static let expected: [EventStreamReader.Item] = [
-        .retry(milliseconds: 2500), .comment("heartbeat"),
-        .event(type: "order-status", data: #"{"a":"é"}"#, lastEventID: "7"),
-        .event(type: "message", data: "first\nsecond", lastEventID: "8"),
-        .event(type: "message", data: "no type", lastEventID: "9"),
-    ]
-
-    @Test func wholeAndByteByByte() {
-        var whole = EventStreamReader()
-        #expect(whole.feed(Array(Self.stream.utf8)) == Self.expected)
-        // An id without data moves the last event id; an event cut off by the drop does not.
-        #expect(whole.lastEventID == "9")
-        var bytewise = EventStreamReader()
-        #expect(Self.stream.utf8.flatMap { bytewise.feed([$0]) } == Self.expected)
-        #expect(bytewise.lastEventID == "9")
-    }
-
-    @Test func everySplitInTwo() {
-        let bytes = Array(Self.stream.utf8)
-        for split in 0...bytes.count {
-            var reader = EventStreamReader()
-            let items = reader.feed(bytes[..<split]) + reader.feed(bytes[split...])
-            #expect(items == Self.expected, "split at \(split)")
-        }
-    }
-
-    @Test func resumesFromTheGivenID() {
-        var reader = EventStreamReader(lastEventID: "41")
-        #expect(reader.feed(Array("data: x\n\n".utf8)) == [.event(type: "message", data: "x", lastEventID: "41")])
-    }
-}
-
 /// `order-status watch` running as a child process; standard output and error share its log file.
 struct WatchProcess: Sendable {
     let child: ChildProcess

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import EventStreamClient
 import NIOCore
 import NIOHTTP1
 
@@ -15,9 +16,13 @@ final class SSEConnection: @unchecked Sendable {
     let headers: HTTPHeaders
     let version: HTTPVersion
     private var box: IteratorBox?
-    private var pending = ""
-    private(set) var raw = ""
+    private var reader = EventStreamReader()
+    private var pending: [SSEItem] = []
+    private var lastID: Int64?
+    private var received: [UInt8] = []
     private(set) var ended = false
+    /// Every byte received so far, for exact-frame checks.
+    var raw: String { String(decoding: received, as: UTF8.self) }
 
     private init(status: Int, headers: HTTPHeaders, version: HTTPVersion, iterator: HTTPClientResponse.Body.AsyncIterator) {
         self.status = status
@@ -54,20 +59,15 @@ final class SSEConnection: @unchecked Sendable {
 
     /// The next item, or nil when the server ended the stream.
     func next(within limit: Duration = .seconds(10)) async throws -> SSEItem? {
-        while true {
-            if let range = pending.range(of: "\n\n") {
-                let block = String(pending[..<range.lowerBound])
-                pending.removeSubrange(..<range.upperBound)
-                return try Self.parse(block)
-            }
+        while pending.isEmpty {
             guard let chunk = try await readChunk(within: limit) else {
                 ended = true
                 return nil
             }
-            let text = String(buffer: chunk)
-            raw += text
-            pending += text
+            received += chunk.readableBytesView
+            for item in reader.feed(chunk.readableBytesView) { pending.append(try converted(item)) }
         }
+        return pending.removeFirst()
     }
 
     /// The next `count` events, skipping heartbeats and the retry field.
@@ -98,25 +98,19 @@ final class SSEConnection: @unchecked Sendable {
         }
     }
 
-    private static func parse(_ block: String) throws -> SSEItem {
-        if block.hasPrefix(":") { return .comment(String(block.dropFirst()).trimmingCharacters(in: .whitespaces)) }
-        var id: Int64?
-        var name = "message"
-        var data: [String] = []
-        for line in block.split(separator: "\n", omittingEmptySubsequences: false) {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            let field = String(parts[0])
-            let value = parts.count > 1 ? String(parts[1].dropFirst(parts[1].hasPrefix(" ") ? 1 : 0)) : ""
-            switch field {
-            case "retry": return .retry(Int(value) ?? -1)
-            case "id": id = Int64(value)
-            case "event": name = value
-            case "data": data.append(value)
-            default: throw TestFailure("unexpected SSE field in \(block)")
-            }
+    /// The reader's item as the tests compare it. Every event of this service carries an id of its
+    /// own: one that repeats the previous event's (or is no number) was sent without one.
+    private func converted(_ item: EventStreamReader.Item) throws -> SSEItem {
+        switch item {
+        case .retry(let milliseconds):
+            return .retry(milliseconds)
+        case .comment(let text):
+            return .comment(text)
+        case .event(let name, let data, let lastEventID):
+            guard let id = Int64(lastEventID), id != lastID else { throw TestFailure("SSE event without an id of its own:\n\(raw)") }
+            lastID = id
+            return .event(id: id, name: name, data: data)
         }
-        guard let id else { throw TestFailure("SSE event without id: \(block)") }
-        return .event(id: id, name: name, data: data.joined(separator: "\n"))
     }
 }
 

@@ -1,4 +1,4 @@
-/// Reads a `text/event-stream` as it arrives, the client side of `SSEFrame`, following the
+/// Reads a `text/event-stream` as it arrives, the client side of the service's `SSEFrame`, following the
 /// WHATWG HTML parsing rules. It works on bytes: a chunk may end inside a line, even inside a
 /// UTF-8 sequence or between the CR and LF of a line ending, so only whole lines are decoded.
 public struct EventStreamReader: Sendable {
