@@ -71,14 +71,15 @@ struct HTTP2Tests {
                              "-w", "%{http_version} %{num_connects}\\n"]
             let bodies = (1...Self.streamCount).map { "\(certificate.folder)/stream-\($0).txt" }
             for body in bodies { arguments += ["-o", body, url] }
-            let curl = try ChildProcess("/usr/bin/curl", arguments)
-            try await eventually("curl's \(Self.streamCount) streams open") { try await service.metric("order_status_open_streams") == Double(Self.streamCount) }
-            #expect(try serverConnections(port: service.port) <= 2, "curl's one connection, and the suite client's")
+            let (status, output) = try await ChildProcesses.with { children in
+                let curl = try await children.start("/usr/bin/curl", arguments)
+                try await eventually("curl's \(Self.streamCount) streams open") { try await service.metric("order_status_open_streams") == Double(Self.streamCount) }
+                #expect(try serverConnections(port: service.port) <= 2, "curl's one connection, and the suite client's")
 
-            // The terminal event ends every stream, and with them curl.
-            try await service.changeStatus(id, to: "delivered")
-            let status = try await withDeadline(.seconds(30), "curl") { try await curl.waitForExit() }
-            let output = curl.output
+                // The terminal event ends every stream, and with them curl.
+                try await service.changeStatus(id, to: "delivered")
+                return (try await withDeadline(.seconds(30), "curl") { try await curl.waitForExit() }, curl.output)
+            }
             #expect(status == 0, "\(output)")
             let transfers = output.split(separator: "\n").map { $0.split(separator: " ") }.filter { $0.count == 2 }
             #expect(transfers.count == Self.streamCount, "\(output)")

@@ -87,47 +87,45 @@ struct ObservabilityTests {
     /// The real executable with LOG_FORMAT=json: every line it writes is a JSON object, and the
     /// lines written for a request carry the id its response echoes (the client's when sane).
     @Test func jsonLogLinesCarryTheRequestID() async throws {
-        let process = try await ServiceProcess(databaseURL: TestDatabase.url, settings: [
-            "LOG_FORMAT": "json", "LOG_LEVEL": "debug", "AUTH_HS256_SECRET": AuthorizationTests.secret,
-        ])
-        defer {
-            process.stop()
-            try? FileManager.default.removeItem(atPath: process.child.outputPath)
-        }
-        let service = process.service
-        let badToken = [("Authorization", "Bearer not-a-token")]
-        // A refused token is logged at debug by the authorization middleware, inside the request.
-        let given = try await service.get("/orders/A1", headers: badToken + [("X-Request-Id", "client-id-7f3a")])
-        #expect(given.status == 401)
-        #expect(given.headers.first(name: "x-request-id") == "client-id-7f3a")
-        let made = try await service.get("/orders/A1", headers: badToken)
-        let madeID = try #require(made.headers.first(name: "x-request-id"))
-        let refused = try await service.get("/orders/A1", headers: badToken + [("X-Request-Id", "not sane: \"spaces\"")])
-        let replacedID = try #require(refused.headers.first(name: "x-request-id"))
-        #expect(replacedID != "not sane: \"spaces\"" && RequestIDs.isAcceptable(replacedID) && replacedID != madeID)
-        // A stream asked for on a fresh connection is answered outside Hummingbird's request loop
-        // (EventStreamResponder); its id flows the same way.
-        let raw = try await RawConnection.open(port: service.port)
-        try await raw.send("GET /events/order-status/A1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\nX-Request-Id: stream-id-19\r\n\r\n")
-        let streamAnswer = try await raw.readUntilClosed(within: .seconds(5))
-        #expect(streamAnswer.hasPrefix("HTTP/1.1 401"), "\(streamAnswer)")
-        #expect(streamAnswer.lowercased().contains("\r\nx-request-id: stream-id-19\r\n"), "\(streamAnswer)")
+        try await ChildProcesses.with { children in
+            let process = try await ServiceProcess(on: children, databaseURL: TestDatabase.url, settings: [
+                "LOG_FORMAT": "json", "LOG_LEVEL": "debug", "AUTH_HS256_SECRET": AuthorizationTests.secret,
+            ])
+            let service = process.service
+            let badToken = [("Authorization", "Bearer not-a-token")]
+            // A refused token is logged at debug by the authorization middleware, inside the request.
+            let given = try await service.get("/orders/A1", headers: badToken + [("X-Request-Id", "client-id-7f3a")])
+            #expect(given.status == 401)
+            #expect(given.headers.first(name: "x-request-id") == "client-id-7f3a")
+            let made = try await service.get("/orders/A1", headers: badToken)
+            let madeID = try #require(made.headers.first(name: "x-request-id"))
+            let refused = try await service.get("/orders/A1", headers: badToken + [("X-Request-Id", "not sane: \"spaces\"")])
+            let replacedID = try #require(refused.headers.first(name: "x-request-id"))
+            #expect(replacedID != "not sane: \"spaces\"" && RequestIDs.isAcceptable(replacedID) && replacedID != madeID)
+            // A stream asked for on a fresh connection is answered outside Hummingbird's request loop
+            // (EventStreamResponder); its id flows the same way.
+            let raw = try await RawConnection.open(port: service.port)
+            try await raw.send("GET /events/order-status/A1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\nX-Request-Id: stream-id-19\r\n\r\n")
+            let streamAnswer = try await raw.readUntilClosed(within: .seconds(5))
+            #expect(streamAnswer.hasPrefix("HTTP/1.1 401"), "\(streamAnswer)")
+            #expect(streamAnswer.lowercased().contains("\r\nx-request-id: stream-id-19\r\n"), "\(streamAnswer)")
 
-        // Lines are written before the response, so they are all in the file by now.
-        let lines = process.log.split(separator: "\n", omittingEmptySubsequences: true)
-        #expect(lines.count > 3)
-        var refusalsByID: [String: Int] = [:]
-        for line in lines {
-            let object = try #require(try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
-            for field in ["timestamp", "level", "message", "label", "source"] {
-                #expect(object[field] is String, "\(field) in \(line)")
+            // Lines are written before the response, so they are all in the file by now.
+            let lines = process.log.split(separator: "\n", omittingEmptySubsequences: true)
+            #expect(lines.count > 3)
+            var refusalsByID: [String: Int] = [:]
+            for line in lines {
+                let object = try #require(try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
+                for field in ["timestamp", "level", "message", "label", "source"] {
+                    #expect(object[field] is String, "\(field) in \(line)")
+                }
+                if object["message"] as? String == "bearer token refused", let id = object["request_id"] as? String {
+                    refusalsByID[id, default: 0] += 1
+                    #expect(object["hb.request.id"] as? String == id, "Hummingbird's key names the same request")
+                }
             }
-            if object["message"] as? String == "bearer token refused", let id = object["request_id"] as? String {
-                refusalsByID[id, default: 0] += 1
-                #expect(object["hb.request.id"] as? String == id, "Hummingbird's key names the same request")
-            }
+            #expect(refusalsByID == ["client-id-7f3a": 1, madeID: 1, replacedID: 1, "stream-id-19": 1], "\(refusalsByID)")
         }
-        #expect(refusalsByID == ["client-id-7f3a": 1, madeID: 1, replacedID: 1, "stream-id-19": 1], "\(refusalsByID)")
     }
 
     // MARK: Metrics

@@ -127,35 +127,33 @@ struct OperationsTests {
     /// with Last-Event-ID and end with every event exactly once, in order.
     @Test func instanceCrash() async throws {
         let database = try await TestDatabase.createFresh()
-        let doomed = try await ServiceProcess(databaseURL: database)
-        let survivor = try await ServiceProcess(databaseURL: database)
-        defer {
-            doomed.stop()
-            survivor.stop()
-        }
-        let orders = (0..<6).map { _ in uniqueOrderID("X") }
-        for id in orders { try await survivor.service.createOrder(id) }
-        var seen: [String: [Int64]] = [:]
-        var streams: [String: SSEConnection] = [:]
-        for id in orders {
-            let stream = try await SSEConnection.open(doomed.service, orderID: id)
-            seen[id] = try await stream.events(1).map(\.id)
-            streams[id] = stream
-        }
-        let walk = ["paid", "processing", "shipped", "delivered"]
-        for id in orders { try await survivor.service.changeStatus(id, to: walk[0]) }
-        for id in orders { seen[id]! += try await streams[id]!.events(1).map(\.id) }
-        doomed.signal(SIGKILL)
-        _ = try await doomed.waitForExit(within: .seconds(10))
-        for status in walk.dropFirst() {
-            for id in orders { try await survivor.service.changeStatus(id, to: status) }
-        }
-        for id in orders {
-            // The connection drops; like EventSource, resume from the last id seen, on the survivor.
-            _ = try? await streams[id]!.readToEnd(within: .seconds(5))
-            let resumed = try await SSEConnection.open(survivor.service, orderID: id, lastEventID: "\(seen[id]!.last!)")
-            seen[id]! += try await resumed.readToEnd().map(\.id)
-            #expect(seen[id]! == (try await survivor.service.eventIDs(of: id)), "order \(id)")
+        try await ChildProcesses.with { children in
+            let doomed = try await ServiceProcess(on: children, databaseURL: database)
+            let survivor = try await ServiceProcess(on: children, databaseURL: database)
+            let orders = (0..<6).map { _ in uniqueOrderID("X") }
+            for id in orders { try await survivor.service.createOrder(id) }
+            var seen: [String: [Int64]] = [:]
+            var streams: [String: SSEConnection] = [:]
+            for id in orders {
+                let stream = try await SSEConnection.open(doomed.service, orderID: id)
+                seen[id] = try await stream.events(1).map(\.id)
+                streams[id] = stream
+            }
+            let walk = ["paid", "processing", "shipped", "delivered"]
+            for id in orders { try await survivor.service.changeStatus(id, to: walk[0]) }
+            for id in orders { seen[id]! += try await streams[id]!.events(1).map(\.id) }
+            doomed.signal(SIGKILL)
+            _ = try await doomed.waitForExit(within: .seconds(10))
+            for status in walk.dropFirst() {
+                for id in orders { try await survivor.service.changeStatus(id, to: status) }
+            }
+            for id in orders {
+                // The connection drops; like EventSource, resume from the last id seen, on the survivor.
+                _ = try? await streams[id]!.readToEnd(within: .seconds(5))
+                let resumed = try await SSEConnection.open(survivor.service, orderID: id, lastEventID: "\(seen[id]!.last!)")
+                seen[id]! += try await resumed.readToEnd().map(\.id)
+                #expect(seen[id]! == (try await survivor.service.eventIDs(of: id)), "order \(id)")
+            }
         }
     }
 }

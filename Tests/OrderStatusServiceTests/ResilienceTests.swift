@@ -135,58 +135,60 @@ struct ResilienceTests {
 
     @Test func twoProcessesDeliverEachOthersChanges() async throws {
         let database = try await TestDatabase.createFresh()
-        let other = try await ServiceProcess(databaseURL: database)
-        defer { other.stop() }
-        try await TestService.with(databaseURL: database) { local in
-            let remote = other.service
-            let orders = (0..<4).map { _ in uniqueOrderID("M") }
-            for id in orders { try await local.createOrder(id) }
-            // Streams on each instance; every change goes through the other one.
-            let onRemote = try await Self.openStreams(remote, orders)
-            let onLocal = try await Self.openStreams(local, orders)
-            let first = try await remote.eventIDs(of: orders[0])[0]
-            async let poll = remote.get("/orders/\(orders[0])/status/poll?after=\(first)&timeout=30")
-            try await eventually("the poll is held") { try await remote.metric("order_status_held_polls") == 1 }
-            for (index, status) in Self.walk.enumerated() {
-                for id in orders { try await (index % 2 == 0 ? local : remote).changeStatus(id, to: status) }
+        try await ChildProcesses.with { children in
+            let other = try await ServiceProcess(on: children, databaseURL: database)
+            try await TestService.with(databaseURL: database) { local in
+                let remote = other.service
+                let orders = (0..<4).map { _ in uniqueOrderID("M") }
+                for id in orders { try await local.createOrder(id) }
+                // Streams on each instance; every change goes through the other one.
+                let onRemote = try await Self.openStreams(remote, orders)
+                let onLocal = try await Self.openStreams(local, orders)
+                let first = try await remote.eventIDs(of: orders[0])[0]
+                async let poll = remote.get("/orders/\(orders[0])/status/poll?after=\(first)&timeout=30")
+                try await eventually("the poll is held") { try await remote.metric("order_status_held_polls") == 1 }
+                for (index, status) in Self.walk.enumerated() {
+                    for id in orders { try await (index % 2 == 0 ? local : remote).changeStatus(id, to: status) }
+                }
+                let polled = try await poll.json["events"] as? [[String: Any]]
+                #expect(polled?.first?["status"] as? String == "paid")
+                try await Self.expectExactDelivery(onRemote, orders, remote)
+                try await Self.expectExactDelivery(onLocal, orders, local)
             }
-            let polled = try await poll.json["events"] as? [[String: Any]]
-            #expect(polled?.first?["status"] as? String == "paid")
-            try await Self.expectExactDelivery(onRemote, orders, remote)
-            try await Self.expectExactDelivery(onLocal, orders, local)
         }
     }
 
     @Test func sigtermEndsOpenStreamsAndTheProcessExits() async throws {
-        let process = try await ServiceProcess(databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5", "SHUTDOWN_SPREAD_SECONDS": "1"])
-        defer { process.stop() }
-        let service = process.service
-        let orders = (0..<10).map { _ in uniqueOrderID("G") }
-        for id in orders { try await service.createOrder(id) }
-        let streams = try await Self.openStreams(service, orders)
-        let first = try await service.eventIDs(of: orders[0])[0]
-        async let poll = service.get("/orders/\(orders[0])/status/poll?after=\(first)&timeout=60")
-        try await eventually("the poll is held") { try await service.metric("order_status_held_polls") == 1 }
-        let clock = ContinuousClock()
-        let start = clock.now
-        process.signal(SIGTERM)
-        // Streams end spread over the 1 s window, not all at once, so clients do not return together.
-        let endings = try await withThrowingTaskGroup(of: Duration.self) { group in
-            for stream in streams {
-                group.addTask {
-                    let events = try await stream.readToEnd(within: .seconds(5))
-                    #expect(events.isEmpty)
-                    return clock.now - start
+        try await ChildProcesses.with { children in
+            let process = try await ServiceProcess(on: children, databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5", "SHUTDOWN_SPREAD_SECONDS": "1"])
+            let service = process.service
+            let orders = (0..<10).map { _ in uniqueOrderID("G") }
+            for id in orders { try await service.createOrder(id) }
+            let streams = try await Self.openStreams(service, orders)
+            let first = try await service.eventIDs(of: orders[0])[0]
+            async let poll = service.get("/orders/\(orders[0])/status/poll?after=\(first)&timeout=60")
+            try await eventually("the poll is held") { try await service.metric("order_status_held_polls") == 1 }
+            let clock = ContinuousClock()
+            let start = clock.now
+            process.signal(SIGTERM)
+            // Streams end spread over the 1 s window, not all at once, so clients do not return together.
+            let endings = try await withThrowingTaskGroup(of: Duration.self) { group in
+                for stream in streams {
+                    group.addTask {
+                        let events = try await stream.readToEnd(within: .seconds(5))
+                        #expect(events.isEmpty)
+                        return clock.now - start
+                    }
                 }
+                return try await group.reduce(into: []) { $0.append($1) }.sorted()
             }
-            return try await group.reduce(into: []) { $0.append($1) }.sorted()
+            #expect(endings.last! - endings.first! >= .milliseconds(500), "stream endings: \(endings)")
+            #expect(endings.last! < .seconds(3), "stream endings: \(endings)")
+            let answered = try await poll
+            #expect(answered.status == 200, "a held poll is answered at shutdown")
+            let status = try await process.waitForExit(within: .seconds(10))
+            #expect(status == 0, "\(process.log)")
+            #expect(clock.now - start < .seconds(5), "shutdown took \(clock.now - start)")
         }
-        #expect(endings.last! - endings.first! >= .milliseconds(500), "stream endings: \(endings)")
-        #expect(endings.last! < .seconds(3), "stream endings: \(endings)")
-        let answered = try await poll
-        #expect(answered.status == 200, "a held poll is answered at shutdown")
-        let status = try await process.waitForExit(within: .seconds(10))
-        #expect(status == 0, "\(process.log)")
-        #expect(clock.now - start < .seconds(5), "shutdown took \(clock.now - start)")
     }
 }

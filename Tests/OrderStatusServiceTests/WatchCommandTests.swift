@@ -8,12 +8,11 @@ import Testing
 @Suite("order-status watch", .timeLimit(.minutes(5)))
 struct WatchCommandTests {
     @Test func printsEachChangeInOrderAndExitsAfterTheTerminalOne() async throws {
-        try await TestService.with { service in
+        try await TestService.with { service in try await ChildProcesses.with { children in
             let id = uniqueOrderID("WA")
             try await service.createOrder(id, metadata: #"{"customer":"c-9"}"#)
-            let watch = try WatchProcess([id, "--url", service.baseURL])
-            let json = try WatchProcess([id, "--url", service.baseURL, "--json"])
-            defer { watch.stop(); json.stop() }
+            let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL])
+            let json = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--json"])
             try await watch.waitForEvents(1)
             try await json.waitFor("the first JSON line") { $0.contains("\n") }
             // Each change only once the previous line showed: the lines arrive live, one per change.
@@ -36,7 +35,7 @@ struct WatchCommandTests {
             // --json prints each event's data exactly as the service encodes it.
             let encoded = try await service.eventJSON(of: id)
             #expect(json.output.split(separator: "\n").map(String.init) == ids.map { encoded[$0]! })
-        }
+        } }
     }
 
     @Test func resumesAfterTheServiceRestartsWithNothingMissedOrRepeated() async throws {
@@ -48,22 +47,16 @@ struct WatchCommandTests {
         // A deadline of its own: a service that cannot bind its port would leave TestService waiting.
         try await withDeadline(.seconds(120), "following across a restart") {
             // Another instance on the same database stays up throughout, to change the order meanwhile.
-            try await TestService.with { other in
+            try await TestService.with { other in try await ChildProcesses.with { children in
                 let id = uniqueOrderID("WR")
                 try await other.createOrder(id)
                 let watch = try await TestService.with(settings: settings) { first in
-                    let watch = try WatchProcess([id, "--url", first.baseURL])
-                    do {
-                        try await watch.waitForEvents(1)
-                        try await first.changeStatus(id, to: "paid")
-                        try await watch.waitForEvents(2)
-                    } catch {
-                        watch.stop()
-                        throw error
-                    }
+                    let watch = try await WatchProcess(on: children, [id, "--url", first.baseURL])
+                    try await watch.waitForEvents(1)
+                    try await first.changeStatus(id, to: "paid")
+                    try await watch.waitForEvents(2)
                     return watch
                 }
-                defer { watch.stop() }
                 // The first instance has shut down, ending the stream: the command says so and retries.
                 let paid = try await other.eventIDs(of: id)[1]
                 try await watch.waitFor("the note on the drop") { $0.contains("connection lost") && $0.contains("(after event \(paid))") }
@@ -81,19 +74,18 @@ struct WatchCommandTests {
                 #expect(watch.events.map(\.id) == ids, "every event once, in order:\n\(watch.output)")
                 #expect(watch.events.map(\.status) == ["pending", "paid", "processing", "shipped", "delivered"])
                 #expect(watch.output.contains("connection lost: the server ended the stream; reconnecting in 0.2 s (after event \(paid))"), "\(watch.output)")
-            }
+            } }
         }
     }
 
     @Test func lastEventIDSkipsEarlierEventsAnd204EndsAtOnce() async throws {
-        try await TestService.with { service in
+        try await TestService.with { service in try await ChildProcesses.with { children in
             let id = uniqueOrderID("WL")
             try await service.createOrder(id)
             try await service.changeStatus(id, to: "paid")
             try await service.changeStatus(id, to: "processing")
             let first = try await service.eventIDs(of: id)[0]
-            let watch = try WatchProcess([id, "--url", service.baseURL, "--last-event-id", "\(first)"])
-            defer { watch.stop() }
+            let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--last-event-id", "\(first)"])
             try await watch.waitForEvents(2)
             try await service.changeStatus(id, to: "cancelled")
             #expect(try await watch.waitForExit() == 0, "\(watch.output)")
@@ -102,27 +94,25 @@ struct WatchCommandTests {
             #expect(watch.events.map(\.status) == ["paid", "processing", "cancelled"])
 
             // Past the terminal event the service answers 204: nothing to print, and done.
-            let after = try WatchProcess([id, "--url", service.baseURL, "--last-event-id", "\(ids.last!)"])
-            defer { after.stop() }
+            let after = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--last-event-id", "\(ids.last!)"])
             #expect(try await after.waitForExit() == 0, "\(after.output)")
             #expect(after.events.isEmpty)
             #expect(after.output.contains("nothing more to follow"), "\(after.output)")
-        }
+        } }
     }
 
     @Test func unknownOrderExitsNonZeroWithTheProblemDetail() async throws {
-        try await TestService.with { service in
+        try await TestService.with { service in try await ChildProcesses.with { children in
             let id = uniqueOrderID("WU")
-            let watch = try WatchProcess([id, "--url", service.baseURL])
-            defer { watch.stop() }
+            let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL])
             #expect(try await watch.waitForExit() == 1, "\(watch.output)")
             #expect(watch.output == "Error: 404 Not Found: No order has the id '\(id)'.\n")
-        }
+        } }
     }
 
     @Test func sendsTheTokenAndReportsRefusals() async throws {
         let secret = "watch-test-secret-of-more-than-32-bytes-0123456789"
-        try await TestService.with(settings: ["AUTH_HS256_SECRET": secret]) { service in
+        try await TestService.with(settings: ["AUTH_HS256_SECRET": secret]) { service in try await ChildProcesses.with { children in
             let signer = TokenSigner(hs256: HMACKey(from: secret))
             func token(scopes: [String] = [], orders: [String] = []) async throws -> String {
                 let now = Date()
@@ -134,22 +124,19 @@ struct WatchCommandTests {
                                                  headers: [("Authorization", "Bearer \(try await token(scopes: ["orders:write"]))")])
             #expect(created.status == 201, "\(created.body)")
 
-            let anonymous = try WatchProcess([id, "--url", service.baseURL])
-            defer { anonymous.stop() }
+            let anonymous = try await WatchProcess(on: children, [id, "--url", service.baseURL])
             #expect(try await anonymous.waitForExit() == 1)
             #expect(anonymous.output.hasPrefix("Error: 401 Unauthorized: "), "\(anonymous.output)")
 
-            let otherOrder = try WatchProcess([id, "--url", service.baseURL, "--token", try await token(orders: ["someone-else"])])
-            defer { otherOrder.stop() }
+            let otherOrder = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--token", try await token(orders: ["someone-else"])])
             #expect(try await otherOrder.waitForExit() == 1)
             #expect(otherOrder.output.hasPrefix("Error: 403 Forbidden: The token does not grant access to the order '\(id)'"), "\(otherOrder.output)")
 
             // The token from the environment, as a shell session would keep it.
-            let named = try WatchProcess([id], environment: ["ORDER_STATUS_URL": service.baseURL, "ORDER_STATUS_TOKEN": try await token(orders: [id])])
-            defer { named.stop() }
+            let named = try await WatchProcess(on: children, [id], environment: ["ORDER_STATUS_URL": service.baseURL, "ORDER_STATUS_TOKEN": try await token(orders: [id])])
             #expect(try await named.waitForExit() == 0, "\(named.output)")
             #expect(named.events.map(\.status) == ["delivered"])
-        }
+        } }
     }
 }
 
@@ -162,11 +149,11 @@ struct WatchProcess: Sendable {
         var id: Int64, version: String, previous: String, status: String, metadata: String
     }
 
-    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    init(on children: ChildProcesses, _ arguments: [String], environment: [String: String] = [:]) async throws {
         var values = ProcessInfo.processInfo.environment
         (values["ORDER_STATUS_URL"], values["ORDER_STATUS_TOKEN"]) = (nil, nil)
         values.merge(environment) { $1 }
-        child = try ChildProcess(try ServiceProcess.executable, ["watch"] + arguments, environment: values)
+        child = try await children.start(try ServiceProcess.executable, ["watch"] + arguments, environment: values)
     }
 
     var output: String { child.output }
@@ -198,16 +185,10 @@ struct WatchProcess: Sendable {
 
     func waitForExit(within limit: Duration = .seconds(10)) async throws -> Int32 {
         do {
-            try await eventually("watch exiting", within: limit) { !child.isRunning }
+            return try await withDeadline(limit, "watch exiting") { [child] in try await child.waitForExit() }
         } catch {
             throw TestFailure("\(error); its output:\n\(output)")
         }
-        return try await child.waitForExit()
-    }
-
-    /// Kills the command if it still runs (a failed test must not leave it reconnecting forever).
-    func stop() {
-        if child.isRunning { child.signal(SIGKILL) }
     }
 }
 

@@ -1,88 +1,151 @@
 import Foundation
 import NIOConcurrencyHelpers
-import NIOPosix
+import Subprocess
 
-/// A child process started with posix_spawn. Foundation's Process is avoided on purpose: on Linux
-/// it parks threads of Dispatch's shared pool in run loops for as long as the test process lives,
-/// and on a two-core machine that leaves Swift concurrency no thread to run on.
-final class ChildProcess: Sendable {
-    let pid: pid_t
-    let outputPath: String
-    private let exitStatus = NIOLockedValueBox<Int32?>(nil)
+// Children run through swift-subprocess, which covers why the tests once spawned them by hand:
+// - its spawn closes every descriptor above standard error in the child. NIO's sockets are not
+//   close-on-exec, so a child would otherwise keep a copy of every listening socket of the test
+//   process: a port would stay bound (accepting, never answering) after its service stopped;
+// - it waits and reads on threads of its own. Foundation's Process parks threads of Dispatch's
+//   shared pool, which on Linux leaves Swift concurrency no thread to run on two cores.
 
-    /// Starts `executable` with stdout and stderr written to `outputPath`.
-    init(_ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
-         outputPath: String = FileManager.default.temporaryDirectory.appendingPathComponent("child-\(UUID().uuidString).log").path) throws {
-        self.outputPath = outputPath
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        Self.closeInheritedDescriptors(&actions)
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
+/// The child processes a test starts, none outliving it: a child may be started anywhere inside
+/// `with`, and when `with` ends, those still running are killed and all are waited for.
+struct ChildProcesses: Sendable {
+    private let launches: AsyncStream<ChildProcess>.Continuation
+
+    static func with<T>(_ body: (ChildProcesses) async throws -> T) async throws -> T {
+        let (launches, launcher) = AsyncStream.makeStream(of: ChildProcess.self)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withDiscardingTaskGroup { running in
+                    for await child in launches { running.addTask { await child.run() } }
+                }
+            }
+            let outcome: Result<T, any Error>
+            do {
+                outcome = .success(try await body(ChildProcesses(launches: launcher)))
+            } catch {
+                outcome = .failure(error)
+            }
+            launcher.finish()
+            // Cancelling a child's run is what kills it, if it still runs.
+            group.cancelAll()
+            try await group.waitForAll()
+            return try outcome.get()
         }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        guard result == 0 else { throw TestFailure("cannot start \(executable): \(String(cString: strerror(result)))") }
-        self.pid = pid
     }
 
+    /// Starts `executable` with its standard output and error written to one log file, `output`.
+    func start(_ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> ChildProcess {
+        let child = ChildProcess(executable, arguments, environment: environment)
+        guard case .enqueued = launches.yield(child) else { throw TestFailure("\(executable) started after its test's children were stopped") }
+        try await child.waitUntilStarted()
+        return child
+    }
+}
+
+/// One child process, running or exited.
+final class ChildProcess: Sendable {
+    private let configuration: Subprocess.Configuration
+    /// A file, not a pipe: what the child wrote before it answered a request is there when the answer arrives.
+    private let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("child-\(UUID().uuidString).log").path
+    private let state = NIOLockedValueBox(State())
+    private let (started, startedSource) = AsyncThrowingStream.makeStream(of: Never.self)
+
+    private struct State {
+        var processID: pid_t?
+        var exit: Result<Int32, TestFailure>?
+        var exitWaiters: [UInt64: CheckedContinuation<Int32, any Error>] = [:]
+        var nextWaiter: UInt64 = 0
+    }
+
+    fileprivate init(_ executable: String, _ arguments: [String], environment: [String: String]) {
+        let variables = environment.compactMap { name, value in Environment.Key(rawValue: name).map { ($0, value) } }
+        // `.init` rather than the type's name: FilePath is System's on Darwin, SystemPackage's elsewhere.
+        configuration = Subprocess.Configuration(executable: .path(.init(executable)), arguments: Arguments(arguments),
+                                                 environment: .custom(Dictionary(variables) { $1 }))
+    }
+
+    /// What the child wrote so far, standard output and error interleaved as written.
     var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
 
-    /// Checks without blocking; reaps the child when it has exited.
-    var isRunning: Bool {
-        exitStatus.withLockedValue { status in
-            if status != nil { return false }
-            var raw: Int32 = 0
-            guard waitpid(pid, &raw, WNOHANG) == pid else { return true }
-            status = Self.decode(raw)
-            return false
-        }
-    }
+    var isRunning: Bool { state.withLockedValue { $0.exit == nil } }
 
-    /// Waits for the exit on NIO's blocking-work threads and returns the exit status.
-    func waitForExit() async throws -> Int32 {
-        if let status = exitStatus.withLockedValue({ $0 }) { return status }
-        return try await NIOThreadPool.singleton.runIfActive {
-            var raw: Int32 = 0
-            while waitpid(self.pid, &raw, 0) == -1 && errno == EINTR {}
-            let status = Self.decode(raw)
-            self.exitStatus.withLockedValue { $0 = $0 ?? status }
-            return self.exitStatus.withLockedValue { $0! }
-        }
-    }
-
+    /// Sends `signal` (SIGTERM, SIGKILL, …) to the child if it still runs. By pid, safely: swift-subprocess
+    /// reaps the child only as its `run` returns, and no signal is sent once that exit is recorded.
     func signal(_ signal: Int32) {
-        kill(pid, signal)
+        state.withLockedValue { state in
+            if state.exit == nil, let processID = state.processID { kill(processID, signal) }
+        }
     }
 
-    /// Runs a command to its end and returns its exit status and output.
+    /// Waits for the child to exit; its exit code, or 128 + the signal that ended it, as a shell reports it.
+    func waitForExit() async throws -> Int32 {
+        let waiter = state.withLockedValue { state in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                // Checked under the lock: a cancellation handler that ran before this found nothing to resume.
+                let exit = state.withLockedValue { state -> Result<Int32, TestFailure>? in
+                    if let exit = state.exit { return exit }
+                    if Task.isCancelled { return .failure(TestFailure("waiting for the exit was cancelled")) }
+                    state.exitWaiters[waiter] = continuation
+                    return nil
+                }
+                if let exit { continuation.resume(with: exit) }
+            }
+        } onCancel: {
+            state.withLockedValue { $0.exitWaiters.removeValue(forKey: waiter) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Runs `executable` to its end and returns its exit status and output.
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> (status: Int32, output: String) {
-        let child = try ChildProcess(executable, arguments, environment: environment)
-        let status = try await child.waitForExit()
-        let output = child.output
-        try? FileManager.default.removeItem(atPath: child.outputPath)
-        return (status, output)
+        let child = ChildProcess(executable, arguments, environment: environment)
+        let result = try await Subprocess.run(child.configuration, output: .string(limit: 1 << 20), error: .combinedWithOutput)
+        return (result.terminationStatus.asShellStatus, result.standardOutput)
     }
 
-    /// Closes every descriptor above standard error in the child. NIO's sockets are not
-    /// close-on-exec, so a child would otherwise keep a copy of every listening socket of the test
-    /// process: a port would stay bound (accepting, never answering) after its service stopped.
-    /// glibc 2.34 has the action; Swift's Glibc module does not declare it (it is a GNU extension).
-    private static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
-        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-        guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return }
-        _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+    fileprivate func waitUntilStarted() async throws {
+        for try await _ in started {}
     }
 
-    private static func decode(_ raw: Int32) -> Int32 {
-        // WIFEXITED / WEXITSTATUS, else 128 + the signal, as a shell reports it.
-        (raw & 0x7F) == 0 ? (raw >> 8) & 0xFF : 128 + (raw & 0x7F)
+    /// Runs the child until it exits, or until the task is cancelled, which kills it.
+    fileprivate func run() async {
+        let exit: Result<Int32, TestFailure>
+        do {
+            let log = open(outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard log >= 0 else { throw TestFailure("cannot create \(outputPath): \(String(cString: strerror(errno)))") }
+            let result = try await Subprocess.run(configuration, input: .none, output: .fileDescriptor(.init(rawValue: log), closeAfterSpawningProcess: true),
+                                                  error: .combinedWithOutput) { execution in
+                state.withLockedValue { $0.processID = execution.processIdentifier.value }
+                startedSource.finish()
+            }
+            exit = .success(result.terminationStatus.asShellStatus)
+        } catch {
+            let failure = TestFailure("\(configuration.executable): \(error)")
+            startedSource.finish(throwing: failure)
+            exit = .failure(failure)
+        }
+        let waiters = state.withLockedValue { state in
+            state.exit = exit
+            defer { state.exitWaiters = [:] }
+            return state.exitWaiters.values
+        }
+        for waiter in waiters { waiter.resume(with: exit) }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: outputPath) }
+}
+
+extension TerminationStatus {
+    fileprivate var asShellStatus: Int32 {
+        switch self {
+        case .exited(let code): code
+        case .signaled(let signal): 128 + signal
+        }
     }
 }

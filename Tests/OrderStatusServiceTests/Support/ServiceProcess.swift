@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// The `order-status` executable run as a separate process, as in production.
-final class ServiceProcess: Sendable {
+struct ServiceProcess: Sendable {
     let child: ChildProcess
     let service: TestService
 
@@ -21,12 +21,12 @@ final class ServiceProcess: Sendable {
         }
     }
 
-    /// Starts `order-status serve` on a free port and waits until it is ready.
-    init(databaseURL: String, settings: [String: String] = [:]) async throws {
+    /// Starts `order-status serve` on a free port, as one of `children`, and waits until it is ready.
+    init(on children: ChildProcesses, databaseURL: String, settings: [String: String] = [:]) async throws {
         var environment = ProcessInfo.processInfo.environment
         environment.merge(["DATABASE_URL": databaseURL, "PORT": "0", "LOG_LEVEL": "info"]) { $1 }
         environment.merge(settings) { $1 }
-        let child = try ChildProcess(try Self.executable, ["serve"], environment: environment)
+        let child = try await children.start(try Self.executable, ["serve"], environment: environment)
         self.child = child
         let deadline = ContinuousClock.now + .seconds(30)
         var port: Int?
@@ -53,18 +53,6 @@ final class ServiceProcess: Sendable {
 
     /// Waits for the process to exit and returns its status.
     func waitForExit(within limit: Duration) async throws -> Int32 {
-        let deadline = ContinuousClock.now + limit
-        while child.isRunning {
-            guard ContinuousClock.now < deadline else { throw TestFailure("order-status did not exit within \(limit)") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        return try await child.waitForExit()
+        try await withDeadline(limit, "order-status exiting") { [child] in try await child.waitForExit() }
     }
-
-    /// Kills the process if it still runs; never waits on it, so it cannot block the test's threads.
-    func stop() {
-        if child.isRunning { child.signal(SIGKILL) }
-    }
-
-    deinit { stop() }
 }
