@@ -174,6 +174,49 @@ struct AuthorizationTests {
         }
     }
 
+    /// The header and claims parse with the service's strict parser, so a repeated claim is refused
+    /// (jwt-kit's decoder would take the first `scope`; other parsers the last), and a token is
+    /// verified only by keys of its header's `alg` (RFC 8725 §3.1). `scope` may be a JSON array.
+    @Test func claimsParseStrictlyAndTheAlgMustBeTheKeys() async throws {
+        let folder = try temporaryFolder()
+        let ecPath = folder + "/ec-public.pem"
+        try ES256PrivateKey().publicKey.pemRepresentation.write(toFile: ecPath, atomically: true, encoding: .utf8)
+        let hmac = JWTKeyCollection()
+        await hmac.add(hmac: HMACKey(from: Self.secret), digestAlgorithm: .sha256)
+        /// A token of exactly these header and claims bytes, signed with the HS256 secret.
+        @Sendable func signed(header: String = #"{"alg":"HS256","typ":"JWT"}"#, _ claims: String) async throws -> String {
+            let input = Self.base64URL(Data(header.utf8)) + "." + Self.base64URL(Data(claims.utf8))
+            let signature = try await hmac.getKey().sign(Array(input.utf8))
+            return input + "." + Self.base64URL(Data(signature))
+        }
+        let exp = Int(Date().timeIntervalSince1970) + 300
+        try await TestService.with(settings: Self.hs256.merging(["AUTH_PUBLIC_KEYS": ecPath]) { $1 }) { service in
+            // The hand-made path signs tokens the service accepts.
+            let writer = try await signed(#"{"exp":\#(exp),"scope":"orders:write"}"#)
+            let id = try await createOrder(service, token: writer)
+            let repeated = try await signed(#"{"exp":\#(exp),"scope":"orders:read","scope":"orders:read orders:write"}"#)
+            let problem = try expectProblem(try await service.post("/orders", "{}", headers: bearer(repeated)), 401, "a repeated claim")
+            #expect((problem["detail"] as? String)?.contains("no name repeated") == true)
+            let repeatedHeader = try await signed(header: #"{"alg":"HS256","alg":"none"}"#, #"{"exp":\#(exp),"scope":"orders:read"}"#)
+            try expectProblem(try await service.get("/orders/\(id)", headers: bearer(repeatedHeader)), 401, "a repeated header field")
+            // An HMAC signature under a header that says ES256: jwt-kit, iterating keys, would take it.
+            var header = JWTHeader()
+            header.alg = "ES256"
+            let claims = Claims(exp: ExpirationClaim(value: Date().addingTimeInterval(300)), scope: "orders:read")
+            let confused = try await hmac.sign(claims, header: header)
+            try expectProblem(try await service.get("/orders/\(id)", headers: bearer(confused)), 401, "HMAC under ES256")
+            // An alg no configured key has is refused before any key is tried.
+            let unknown = try await signed(header: #"{"alg":"HS384","typ":"JWT"}"#, #"{"exp":\#(exp),"scope":"orders:read"}"#)
+            let wrongAlg = try expectProblem(try await service.get("/orders/\(id)", headers: bearer(unknown)), 401, "HS384")
+            #expect((wrongAlg["detail"] as? String)?.contains("alg") == true)
+            // scope as a JSON array of scopes.
+            let listed = try await signed(#"{"exp":\#(exp),"scope":["orders:read","orders:write"]}"#)
+            #expect(try await service.post("/orders", "{}", headers: bearer(listed)).status == 201)
+            #expect(try await service.get("/orders/\(id)", headers: bearer(listed)).status == 200)
+        }
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+
     @Test func malformedAuthorizationHeadersAre401() async throws {
         try await TestService.with(settings: Self.hs256) { service in
             let id = try await createOrder(service, token: try await token(scope: "orders:write"))

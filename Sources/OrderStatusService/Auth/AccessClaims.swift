@@ -2,8 +2,9 @@ import Foundation
 import JWTKit
 
 /// The claims of a bearer token that this service reads: what the holder may do (`scope`, a
-/// space-separated list as in RFC 8693), which orders it names (`orders`), and the time and origin
-/// claims that `TokenVerifier` checks. Other claims are ignored.
+/// space-separated list as in RFC 8693, or a JSON array of scopes as some issuers write it), which
+/// orders it names (`orders`), and the time and origin claims that `TokenVerifier` checks. Other
+/// claims are ignored.
 public struct AccessClaims: JWTPayload, Equatable {
     /// Lets the holder create and change any order.
     public static let writeScope = "orders:write"
@@ -16,7 +17,7 @@ public struct AccessClaims: JWTPayload, Equatable {
     public var iss: IssuerClaim?
     public var aud: AudienceClaim?
     public var sub: SubjectClaim?
-    public var scope: String?
+    public var scope: ScopeClaim?
     public var orders: [String]?
 
     public init(
@@ -29,21 +30,45 @@ public struct AccessClaims: JWTPayload, Equatable {
         iss = issuer.map { IssuerClaim(value: $0) }
         aud = audience.map { AudienceClaim(value: [$0]) }
         sub = subject.map { SubjectClaim(value: $0) }
-        scope = scopes.isEmpty ? nil : scopes.joined(separator: " ")
+        scope = scopes.isEmpty ? nil : ScopeClaim(scopes: scopes)
         self.orders = orders.isEmpty ? nil : orders
     }
 
-    public var scopes: Set<Substring> { Set((scope ?? "").split(separator: " ")) }
+    public var scopes: Set<String> { Set(scope?.scopes ?? []) }
 
     /// Creating and changing orders needs the write scope; naming an order is not enough.
-    public var mayChangeOrders: Bool { scopes.contains(Substring(Self.writeScope)) }
+    public var mayChangeOrders: Bool { scopes.contains(Self.writeScope) }
 
     /// Reading needs the read scope, or a token that names this very order.
     public func mayRead(order id: String) -> Bool {
-        scopes.contains(Substring(Self.readScope)) || (orders ?? []).contains(id)
+        scopes.contains(Self.readScope) || (orders ?? []).contains(id)
     }
 
     /// The signature is checked by jwt-kit; the claims by `TokenVerifier`, which knows the
     /// configured issuer, audience and leeway.
     public func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// `scope` as RFC 8693 writes it, a space-separated string, or as a JSON array of strings. It is
+/// written back as the string.
+public struct ScopeClaim: Codable, Equatable, Sendable {
+    public var scopes: [String]
+
+    public init(scopes: [String]) {
+        self.scopes = scopes
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let text = try? container.decode(String.self) {
+            scopes = text.split(separator: " ").map(String.init)
+        } else {
+            scopes = try container.decode([String].self)
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(scopes.joined(separator: " "))
+    }
 }

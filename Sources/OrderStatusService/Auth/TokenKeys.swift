@@ -111,11 +111,27 @@ public struct TokenKeys: Sendable {
         }
     }
 
-    /// The keys as jwt-kit's collection, each filed under its id.
-    func makeCollection() async throws -> JWTKeyCollection {
-        let collection = JWTKeyCollection()
+    /// The JWS `alg` a key verifies. A token is checked only with keys of its header's `alg`
+    /// (RFC 8725 §3.1): jwt-kit, iterating keys, would accept an HMAC signature under `ES256`.
+    static func algorithm(of key: Key) -> String {
+        switch key {
+        case .hs256: "HS256"
+        case .rs256: "RS256"
+        case .es256: "ES256"
+        case .es384: "ES384"
+        case .jwk(let jwk):
+            jwk.algorithm?.rawValue ?? (jwk.keyType == .rsa ? "RS256" : jwk.curve?.rawValue == "P-384" ? "ES384" : "ES256")
+        }
+    }
+
+    /// The keys as jwt-kit's collections, one per algorithm, each key filed under its id.
+    func makeCollections() async throws -> [String: JWTKeyCollection] {
+        var collections: [String: JWTKeyCollection] = [:]
         for (id, key) in entries {
             let kid = JWKIdentifier(string: id)
+            let algorithm = Self.algorithm(of: key)
+            let collection = collections[algorithm] ?? JWTKeyCollection()
+            collections[algorithm] = collection
             switch key {
             case .hs256(let secret): await collection.add(hmac: secret, digestAlgorithm: .sha256, kid: kid)
             case .rs256(let publicKey): await collection.add(rsa: publicKey, digestAlgorithm: .sha256, kid: kid)
@@ -124,7 +140,7 @@ public struct TokenKeys: Sendable {
             case .jwk(let jwk): try await collection.add(jwk: jwk)
             }
         }
-        return collection
+        return collections
     }
 
     static func read(_ path: String, setting: String) throws(ConfigurationError) -> String {

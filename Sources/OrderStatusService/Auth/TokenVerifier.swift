@@ -4,6 +4,7 @@ import JWTKit
 /// Why a token was refused; each is a 401.
 public enum TokenRejection: Error, Equatable, Sendable {
     case malformed
+    case wrongAlgorithm
     case badSignature
     case noExpiry
     case expired
@@ -13,7 +14,8 @@ public enum TokenRejection: Error, Equatable, Sendable {
 
     public var detail: String {
         switch self {
-        case .malformed: "The bearer token is not a well-formed JWT."
+        case .malformed: "The bearer token is not a well-formed JWT (its header and claims are JSON objects, no name repeated)."
+        case .wrongAlgorithm: "The bearer token's alg is not the algorithm of any configured key."
         case .badSignature: "The bearer token's signature does not verify with any configured key."
         case .noExpiry: "The bearer token has no exp claim; tokens must expire."
         case .expired: "The bearer token has expired."
@@ -30,21 +32,24 @@ public struct TokenVerifier: Sendable {
     public static let leeway: TimeInterval = 30
 
     public let settings: AuthorizationSettings
-    /// Built once at startup: jwt-kit fills it through async calls, so `make` is async.
-    private let keys: JWTKeyCollection
+    /// The keys by the `alg` they verify, built once at startup: jwt-kit fills its collections
+    /// through async calls, so `make` is async.
+    private let keysByAlgorithm: [String: JWTKeyCollection]
 
-    private init(settings: AuthorizationSettings, keys: JWTKeyCollection) {
+    private init(settings: AuthorizationSettings, keysByAlgorithm: [String: JWTKeyCollection]) {
         self.settings = settings
-        self.keys = keys
+        self.keysByAlgorithm = keysByAlgorithm
     }
 
     /// A verifier with the settings' keys; the keys themselves were checked when the settings were read.
     public static func make(settings: AuthorizationSettings) async throws -> TokenVerifier {
-        TokenVerifier(settings: settings, keys: try await settings.keys.makeCollection())
+        TokenVerifier(settings: settings, keysByAlgorithm: try await settings.keys.makeCollections())
     }
 
     /// The token's claims, or why it is refused.
     public func verify(_ token: String, now: Date = Date()) async throws -> AccessClaims {
+        let algorithm = try Self.algorithm(ofStrictlyParsed: token)
+        guard let keys = keysByAlgorithm[algorithm] else { throw TokenRejection.wrongAlgorithm }
         let claims: AccessClaims
         do {
             // Tokens need not name their key: each configured key is tried in turn.
@@ -61,6 +66,24 @@ public struct TokenVerifier: Sendable {
         }
         try check(claims, now: now)
         return claims
+    }
+
+    /// The header's `alg`, once the header and the claims have parsed with the service's strict JSON
+    /// parser: jwt-kit's Foundation decoder lets a repeated claim through (the first one wins), so a
+    /// token could show a checker one `scope` and the service another.
+    static func algorithm(ofStrictlyParsed token: String) throws(TokenRejection) -> String {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let header = object(fromBase64URL: parts[0]), object(fromBase64URL: parts[1]) != nil,
+              let algorithm = header.first(where: { $0.key == "alg" }), case .string(let name) = algorithm.value
+        else { throw .malformed }
+        return name
+    }
+
+    private static func object(fromBase64URL part: Substring) -> [(key: String, value: JSONValue)]? {
+        var base64 = part.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
+        guard let bytes = Data(base64Encoded: base64), case .object(let members)? = try? JSONValue.parse(bytes) else { return nil }
+        return members
     }
 
     func check(_ claims: AccessClaims, now: Date) throws(TokenRejection) {
