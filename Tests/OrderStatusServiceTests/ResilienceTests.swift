@@ -133,6 +133,33 @@ struct ResilienceTests {
         } }
     }
 
+    /// While PostgreSQL is away, one operation waits for it; the requests after it fail at once
+    /// (503) instead of each waiting DATABASE_TIMEOUT_SECONDS, and service resumes when it returns.
+    @Test func requestsFailFastWhileTheDatabaseIsAway() async throws {
+        try await PostgresCluster.with { cluster in
+            try await TestService.with(databaseURL: cluster.url, settings: ["DATABASE_TIMEOUT_SECONDS": "3"]) { service in
+                let id = uniqueOrderID("O")
+                try await service.createOrder(id)
+                try await cluster.stop()
+                let clock = ContinuousClock()
+                var took: [Duration] = []
+                for _ in 0..<12 {
+                    let start = clock.now
+                    let response = try await service.get("/orders/\(id)")
+                    took.append(clock.now - start)
+                    #expect(response.status == 503, "\(response.body)")
+                }
+                // The first finds the database away (at most the timeout); every later one is refused or
+                // probes with a short ping.
+                #expect(took[0] <= .milliseconds(3500), "\(took)")
+                #expect(took.dropFirst().allSatisfy { $0 < .seconds(1) }, "\(took)")
+                #expect(took.reduce(.zero, +) < .seconds(8), "\(took)")
+                try await cluster.start()
+                try await eventually("reads answer again", within: .seconds(30)) { try await service.get("/orders/\(id)").status == 200 }
+            }
+        }
+    }
+
     @Test func twoProcessesDeliverEachOthersChanges() async throws {
         let database = try await TestDatabase.createFresh()
         try await ChildProcesses.with { children in

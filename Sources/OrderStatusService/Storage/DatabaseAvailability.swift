@@ -4,7 +4,7 @@ import PostgresNIO
 /// request itself (a bug, answered 500).
 public enum DatabaseAvailability {
     public static func isUnavailable(_ error: any Error) -> Bool {
-        if error is DatabaseTimeout { return true }
+        if error is DatabaseTimeout || error is DatabaseAway { return true }
         if let error = error as? PostgresTransactionError {
             return [error.beginError, error.closureError, error.commitError].contains { $0.map(isUnavailable) ?? false }
         }

@@ -12,10 +12,12 @@ public struct DatabaseMetrics: Sendable {
     let timedOut: DurationHistogram
     /// The database failed or could not be reached.
     let failed: DurationHistogram
+    /// Not tried: the database had just been found unreachable (`DatabaseAway`).
+    let refused: DurationHistogram
 
     static var operationDuration: MetricNameDescriptor { MetricNameDescriptor(
         namespace: "order_status", metricName: "database_operation_duration", unitName: "seconds",
-        helpText: "Time of one store operation, the wait for a pooled connection included, by outcome (ok, timeout, error).") }
+        helpText: "Time of one store operation, the wait for a pooled connection included, by outcome (ok, timeout, error, refused).") }
     /// A query answers in milliseconds; DATABASE_TIMEOUT_SECONDS (5 s by default) caps the rest.
     static let buckets: [Duration] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
         .map { .nanoseconds(Int64(($0 * 1e9).rounded())) }
@@ -30,6 +32,7 @@ public struct DatabaseMetrics: Sendable {
         answered = histogram("ok")
         timedOut = histogram("timeout")
         failed = histogram("error")
+        refused = histogram("refused")
     }
 
     /// Counts `operation` as in flight while the caller waits for it, and records its duration
@@ -47,6 +50,7 @@ public struct DatabaseMetrics: Sendable {
             operationsInFlight.decrement()
             let histogram: DurationHistogram? = switch error {
             case is DatabaseTimeout: timedOut
+            case is DatabaseAway: refused
             // The caller went away: says nothing about the database.
             case is CancellationError: nil
             case OrderStoreError.corruptRow: failed

@@ -12,6 +12,8 @@ public struct OrderStore: Sendable {
     let timeout: Duration
     /// Operations in flight and their durations: the pool's use, which PostgresClient does not publish.
     let metrics: DatabaseMetrics
+    /// Lets operations fail at once while the database is known to be away.
+    let outage = DatabaseOutage()
 
     public init(client: PostgresClient, logger: Logger, timeout: Duration = .seconds(5), metrics: DatabaseMetrics = DatabaseMetrics()) {
         self.client = client
@@ -20,9 +22,35 @@ public struct OrderStore: Sendable {
         self.metrics = metrics
     }
 
-    /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`.
+    /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`, and
+    /// `DatabaseAway` at once while the database is known to be unreachable.
     func bounded<T: Sendable>(by limit: Duration? = nil, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await metrics.measure { try await DatabaseDeadline.run(within: limit ?? timeout, operation) }
+        try await metrics.measure {
+            switch outage.admit() {
+            case .refuse:
+                throw DatabaseAway()
+            case .probe:
+                do {
+                    try await DatabaseDeadline.run(within: min(DatabaseOutage.probeTimeout, limit ?? timeout)) {
+                        _ = try await client.query("SELECT 1", logger: logger).collect()
+                    }
+                    outage.record(nil)
+                } catch {
+                    outage.record(error)
+                    throw error
+                }
+            case .run:
+                break
+            }
+            do {
+                let result = try await DatabaseDeadline.run(within: limit ?? timeout, operation)
+                outage.record(nil)
+                return result
+            } catch {
+                outage.record(error)
+                throw error
+            }
+        }
     }
 
     /// Creates an order and its first event. Throws `OrderStoreError.orderExists` for a taken id.
@@ -115,7 +143,7 @@ public struct OrderStore: Sendable {
 
     /// Answers when the database does, within `limit`.
     public func ping(within limit: Duration) async throws {
-        try await bounded(by: limit) { _ = try await client.query("SELECT 1", logger: logger).collect() }
+        try await bounded(by: limit) { [client, logger] in _ = try await client.query("SELECT 1", logger: logger).collect() }
     }
 }
 
