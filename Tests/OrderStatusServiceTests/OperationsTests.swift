@@ -81,6 +81,11 @@ struct OperationsTests {
             #expect(allowed.headers.first(name: "access-control-allow-origin") == "https://shop.example")
             let other = try await service.get("/healthz", headers: [("Origin", "https://evil.example")])
             #expect(other.headers.first(name: "access-control-allow-origin") == nil)
+            // Every answer varies by Origin once CORS is configured, whether it granted access or not.
+            let none = try await service.get("/healthz")
+            let stream = try await service.get("/events/order-status/\(uniqueOrderID("V"))", headers: [("Origin", "https://evil.example")])
+            #expect(stream.status == 404)
+            for response in [allowed, other, none, stream] { #expect(response.headers["vary"].contains("Origin"), "\(response.headers)") }
             let preflight = try await service.request(.OPTIONS, "/orders/x/status", headers: [
                 ("Origin", "https://admin.example"), ("Access-Control-Request-Method", "POST"),
             ])

@@ -7,7 +7,11 @@ struct CORSAllowList<Context: RequestContext>: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let origin = request.headers[.origin], origins.contains(origin) else {
-            return try await next(request, context)
+            // The answer depends on Origin even when it grants nothing: a cache must not hand
+            // this one to an allowed origin, nor an allowed one's to this.
+            var response = try await next(request, context)
+            response.headers[values: .vary].append("Origin")
+            return response
         }
         if request.method == .options {
             return Response(status: .noContent, headers: [
