@@ -103,6 +103,31 @@ struct BadInputTests {
         }
     }
 
+    /// Framing only a client can get wrong is the client's error: 400 problem+json (never 500, so
+    /// never in the 5xx alarm), and the connection, which cannot carry another request, is closed.
+    @Test func malformedFramingIs400AndClosesTheConnection() async throws {
+        try await TestService.with { service in
+            let head = "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            let requests = [
+                ("bad chunk size", head + "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", false),
+                ("unknown transfer coding", head + "Transfer-Encoding: gzip\r\n\r\n{}", false),
+                ("a body cut off", head + "Content-Length: 100\r\n\r\n{\"id\"", true),
+            ]
+            for (what, request, stopSending) in requests {
+                let connection = try await RawConnection.open(port: service.port)
+                try await connection.send(request)
+                if stopSending { shutdown(connection.fd, Int32(SHUT_WR)) }
+                let answer = try await connection.readUntilClosed(within: .seconds(10))
+                #expect(answer.hasPrefix("HTTP/1.1 400 "), "\(what): \(answer)")
+                #expect(answer.contains("application/problem+json"), "\(what): \(answer)")
+            }
+            let errors = try await service.get("/metrics").body.split(separator: "\n").filter {
+                $0.hasPrefix("order_status_http_request_duration_seconds_count") && $0.contains("route=\"/orders\"") && $0.contains("status=\"5")
+            }
+            #expect(errors.isEmpty, "\(errors)")
+        }
+    }
+
     @Test func otherMethodsAre405WithAllow() async throws {
         try await TestService.with { service in
             let id = uniqueOrderID()

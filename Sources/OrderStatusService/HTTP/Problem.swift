@@ -1,5 +1,6 @@
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 
 /// An RFC 9457 problem: every error this service answers is one, as `application/problem+json`.
 public struct Problem: Error, Sendable {
@@ -64,6 +65,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         case let error as InvalidField:
             return Problem(.unprocessableContent, error.detail)
+        case let error as HTTPParserError:
+            // Bad chunked framing, an unknown Transfer-Encoding, a body cut off: the client's
+            // fault, and the connection cannot carry another request.
+            context.logger.debug("request framing refused", metadata: ["error": "\(error.debugDescription)"])
+            return Problem(.badRequest, "The request is not well-formed HTTP: \(error.debugDescription).", headers: [.connection: "close"])
         case let error as JSONError:
             return Problem(.badRequest, "The request body is not valid JSON: \(error.description).")
         case is NIOTooManyBytesError:
