@@ -47,7 +47,9 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "JWTKit", package: "jwt-kit"),
-            ]
+            ],
+            // Compiled into the binary, so the one executable is the whole deployment.
+            resources: [.embedInCode("HTTP/LivePage")]
         ),
         // The client side of the event stream, free of the server's dependencies.
         .target(name: "EventStreamClient"),

@@ -78,6 +78,15 @@ if [[ -f scripts/validate-openapi.sh ]]; then
     bash scripts/validate-openapi.sh || { summary "FAILED: OpenAPI validation"; exit 1; }
 fi
 
+# The live page's script is compiled into the binary as it is: a syntax error in it would show
+# only in a browser, so check it here (Debian's nodejs, installed when missing, as postgres.sh does).
+if ! command -v node >/dev/null 2>&1; then
+    [[ "$(id -u)" == 0 ]] || { summary "FAILED: node is not installed and we are not root; run: apt-get install nodejs"; exit 1; }
+    echo "test.sh: node not found; installing nodejs from apt (one-time)..."
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; } >&2 || { summary "FAILED: apt-get install nodejs"; exit 1; }
+fi
+node --check Sources/OrderStatusService/HTTP/LivePage/app.js || { summary "FAILED: node --check of the live page's app.js"; exit 1; }
+
 swift build --build-tests || { summary "FAILED: swift build --build-tests"; exit 1; }
 
 status=0
