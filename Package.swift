@@ -48,8 +48,9 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "JWTKit", package: "jwt-kit"),
             ],
-            // Compiled into the binary, so the one executable is the whole deployment.
-            resources: [.embedInCode("HTTP/LivePage")]
+            // Compiled into the binary, so the one executable is the whole deployment. Storage/sql
+            // is a symlink to the top-level sql/.
+            resources: [.embedInCode("HTTP/LivePage"), .embedInCode("Storage/sql")]
         ),
         // The client side of the event stream, free of the server's dependencies.
         .target(name: "EventStreamClient"),

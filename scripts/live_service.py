@@ -103,7 +103,6 @@ class ServiceProcess:
             sys.exit(f"no executable service binary at {SERVICE_BINARY} (swift build, or set ORDER_STATUS_BIN)")
         environment = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), DATABASE_URL=database_url(), LOG_LEVEL="warning")
         environment.update(self.settings)
-        # cwd is the checkout so the service finds its migrations in ./sql.
         self.process = subprocess.Popen([SERVICE_BINARY, "serve"], cwd=ROOT, env=environment,
                                         stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_until(f"{self.name} on {self.base_url} to answer /readyz", self._ready, timeout=ready_within, interval=0.1)

@@ -18,7 +18,6 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# The service looks for its migrations in ./sql.
 cd "$ROOT"
 
 if [[ -z "${DATABASE_URL:-}" ]]; then

@@ -5,13 +5,15 @@ import Testing
 
 @Suite("Migrations", .timeLimit(.minutes(5)))
 struct MigrationTests {
-    /// Runs `order-status ARGS` to its end and returns its exit status and output.
-    static func runCommand(_ arguments: [String], databaseURL: String) async throws -> (status: Int32, output: String) {
+    /// Runs `order-status ARGS` to its end and returns its exit status and output. It runs in `/`,
+    /// so the migrations it applies cannot come from the checkout's sql/.
+    static func runCommand(_ arguments: [String], databaseURL: String, settings: [String: String] = [:]) async throws -> (status: Int32, output: String) {
         var values = ProcessInfo.processInfo.environment
         values["DATABASE_URL"] = databaseURL
+        values.merge(settings) { $1 }
         let environment = values
         return try await withDeadline(.seconds(60), "order-status \(arguments.joined(separator: " "))") {
-            try await ChildProcess.run(try ServiceProcess.executable, arguments, environment: environment)
+            try await ChildProcess.run("/bin/sh", ["-c", #"cd / && exec "$0" "$@""#, try ServiceProcess.executable] + arguments, environment: environment)
         }
     }
 
@@ -26,11 +28,39 @@ struct MigrationTests {
         return names
     }
 
+    /// The checkout's sql/, which the binary embeds.
+    static let sqlFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("sql")
+
     static var migrationFiles: [String] {
         get throws {
-            try FileManager.default.contentsOfDirectory(atPath: Configuration.defaultMigrationsDirectory.path)
-                .filter { $0.hasSuffix(".sql") }.sorted()
+            try FileManager.default.contentsOfDirectory(atPath: sqlFolder.path).filter { $0.hasSuffix(".sql") }.sorted()
         }
+    }
+
+    @Test func theBinaryHoldsExactlyTheFilesOfSQL() throws {
+        let files = try Migrator(directory: Self.sqlFolder, logger: testLogger).migrations()
+        #expect(files.map(\.name) == (try Self.migrationFiles))
+        #expect(Migrator.Migration.embedded.map(\.name) == files.map(\.name), "a file of sql/ without its line in Migration.embedded")
+        #expect(Migrator.Migration.embedded == files, "same names and contents")
+        #expect(try Migrator(directory: nil, logger: testLogger).migrations() == files, "no folder: the embedded files")
+        #expect(try Configuration(values: ["DATABASE_URL": "postgres://u@localhost/d"]).migrationsDirectory == nil)
+    }
+
+    @Test func migrationsDirReplacesTheEmbeddedFiles() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.copyItem(atPath: Self.sqlFolder.appendingPathComponent("001_orders_and_events.sql").path, toPath: folder + "/001_orders_and_events.sql")
+        try "CREATE TABLE from_migrations_dir (x int);".write(toFile: folder + "/002_from_the_folder.sql", atomically: true, encoding: .utf8)
+        try "not a migration".write(toFile: folder + "/notes.txt", atomically: true, encoding: .utf8)
+        let database = try await TestDatabase.createFresh()
+        let result = try await Self.runCommand(["migrate"], databaseURL: database, settings: ["MIGRATIONS_DIR": folder])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(try await Self.appliedMigrations(database) == ["001_orders_and_events.sql", "002_from_the_folder.sql"])
+        let notAFolder = try await Self.runCommand(["migrate"], databaseURL: database, settings: ["MIGRATIONS_DIR": folder + "/notes.txt"])
+        #expect(notAFolder.status != 0)
+        #expect(notAFolder.output.contains("MIGRATIONS_DIR '\(folder)/notes.txt' is not a folder"), "\(notAFolder.output)")
     }
 
     @Test func migrateAppliesEachFileOnceAndAgainIsANoOp() async throws {

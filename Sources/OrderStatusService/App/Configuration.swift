@@ -12,7 +12,8 @@ public struct Configuration: Sendable {
     public var port: Int = 8080
     public var heartbeatInterval: Duration = .seconds(15)
     public var sseRetryMilliseconds: Int = 3000
-    public var migrationsDirectory: URL = Configuration.defaultMigrationsDirectory
+    /// The folder MIGRATIONS_DIR names; nil applies the migrations compiled into the binary.
+    public var migrationsDirectory: URL?
     public var shutdownTimeout: Duration = .seconds(10)
     public var streamBufferFrames: Int = 256
     public var maximumStreams: Int = 20_000
@@ -44,7 +45,7 @@ public struct Configuration: Sendable {
         ("PORT", "port", "port to listen on; 0 picks a free one (default 8080)"),
         ("HEARTBEAT_SECONDS", "heartbeat-seconds", "idle seconds before an SSE heartbeat comment (default 15)"),
         ("SSE_RETRY_MS", "sse-retry-ms", "the SSE retry: value in milliseconds (default 3000)"),
-        ("MIGRATIONS_DIR", "migrations-dir", "folder of numbered .sql migrations (default: the repository's sql/)"),
+        ("MIGRATIONS_DIR", "migrations-dir", "a folder of numbered .sql migrations to apply instead of those built into the binary"),
         ("SSE_RETRY_JITTER_PERCENT", "sse-retry-jitter-percent", "each stream's retry: varies by up to this share (default 20)"),
         ("SHUTDOWN_TIMEOUT_SECONDS", "shutdown-timeout-seconds", "bound on graceful shutdown (default 10)"),
         ("SHUTDOWN_SPREAD_SECONDS", "shutdown-spread-seconds", "window over which shutdown ends open streams (default 2)"),
@@ -133,15 +134,6 @@ public struct Configuration: Sendable {
         }
         self.tls = try ServerTLS.read(from: values)
         self.authorization = try AuthorizationSettings.read(from: values)
-    }
-
-    /// `./sql` when run from the repository, else the `sql/` folder of the source tree it was built from.
-    public static var defaultMigrationsDirectory: URL {
-        let local = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("sql")
-        if FileManager.default.fileExists(atPath: local.path) { return local }
-        return URL(fileURLWithPath: #filePath)
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("sql")
     }
 }
 
