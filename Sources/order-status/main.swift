@@ -4,49 +4,37 @@ import Logging
 import OrderStatusService
 import PostgresNIO
 
-/// Options shared by every subcommand: one flag per setting, each overriding its environment variable.
-struct SettingsOptions: ParsableArguments {
-    @Option(help: "postgres://user:password@host:port/database  [env: DATABASE_URL]") var databaseUrl: String?
-    @Option(help: "Address to listen on (default 127.0.0.1)  [env: HOST]") var host: String?
-    @Option(help: "Port to listen on (default 8080)  [env: PORT]") var port: String?
-    @Option(help: "Idle seconds before an SSE heartbeat (default 15)  [env: HEARTBEAT_SECONDS]") var heartbeatSeconds: String?
-    @Option(help: "SSE retry: value in ms (default 3000)  [env: SSE_RETRY_MS]") var sseRetryMs: String?
-    @Option(help: "Folder of .sql migrations  [env: MIGRATIONS_DIR]") var migrationsDir: String?
-    @Option(help: "Jitter of each stream's retry:, percent (default 20)  [env: SSE_RETRY_JITTER_PERCENT]") var sseRetryJitterPercent: String?
-    @Option(help: "Bound on graceful shutdown, seconds (default 10)  [env: SHUTDOWN_TIMEOUT_SECONDS]") var shutdownTimeoutSeconds: String?
-    @Option(help: "Window over which shutdown ends streams, seconds (default 2)  [env: SHUTDOWN_SPREAD_SECONDS]") var shutdownSpreadSeconds: String?
-    @Option(help: "Idle connection timeout, seconds (default 60)  [env: REQUEST_IDLE_TIMEOUT_SECONDS]") var requestIdleTimeoutSeconds: String?
-    @Option(help: "Comma-separated origins allowed cross-origin access  [env: CORS_ALLOWED_ORIGINS]") var corsAllowedOrigins: String?
-    @Option(help: "Frames queued for a slow stream before it is closed (default 256)  [env: STREAM_BUFFER_FRAMES]") var streamBufferFrames: String?
-    @Option(help: "Open streams per instance before 503 (default 20000)  [env: MAX_STREAMS]") var maxStreams: String?
-    @Option(help: "Held polls per instance before 503 (default 20000)  [env: MAX_POLLS]") var maxPolls: String?
-    @Option(help: "Request pool connections (default 20)  [env: DATABASE_POOL_SIZE]") var databasePoolSize: String?
-    @Option(help: "Bound on one database operation, seconds (default 5)  [env: DATABASE_TIMEOUT_SECONDS]") var databaseTimeoutSeconds: String?
-    @Option(help: "How often the LISTEN connection is checked, seconds (default 10)  [env: LISTENER_PING_SECONDS]") var listenerPingSeconds: String?
-    @Option(help: "Unanswered check closes it after, seconds (default 5)  [env: LISTENER_PING_TIMEOUT_SECONDS]") var listenerPingTimeoutSeconds: String?
-    @Option(help: "Log level (default info)  [env: LOG_LEVEL]") var logLevel: String?
-    @Option(help: "Log format: text or json, one object per line (default text)  [env: LOG_FORMAT]") var logFormat: String?
-    @Option(help: "PEM certificate chain; with the key, serves HTTPS and HTTP/2  [env: TLS_CERTIFICATE_FILE]") var tlsCertificateFile: String?
-    @Option(help: "PEM private key of that certificate  [env: TLS_PRIVATE_KEY_FILE]") var tlsPrivateKeyFile: String?
-    @OptionGroup var authorization: AuthorizationOptions
+/// The settings' flags. ArgumentParser sees only the arguments declared as properties, and the
+/// settings are a table (`Setting.all`), so it hands over what it does not recognise and this
+/// refuses any flag outside the table, as ArgumentParser would. Each flag overrides its variable.
+struct SettingsArguments: ParsableArguments {
+    @Argument(parsing: .allUnrecognized, help: ArgumentHelp("The settings listed above, each --flag value or --flag=value.", valueName: "setting"))
+    var arguments: [String] = []
 
-    /// The environment with every given flag laid over it, read into a `Configuration`.
-    func configuration() throws -> Configuration {
-        var values = ProcessInfo.processInfo.environment
-        let flags: [String: String?] = [
-            "DATABASE_URL": databaseUrl, "HOST": host, "PORT": port, "HEARTBEAT_SECONDS": heartbeatSeconds,
-            "SSE_RETRY_MS": sseRetryMs, "SSE_RETRY_JITTER_PERCENT": sseRetryJitterPercent, "MIGRATIONS_DIR": migrationsDir,
-            "SHUTDOWN_TIMEOUT_SECONDS": shutdownTimeoutSeconds, "SHUTDOWN_SPREAD_SECONDS": shutdownSpreadSeconds,
-            "REQUEST_IDLE_TIMEOUT_SECONDS": requestIdleTimeoutSeconds, "CORS_ALLOWED_ORIGINS": corsAllowedOrigins,
-            "STREAM_BUFFER_FRAMES": streamBufferFrames, "MAX_STREAMS": maxStreams, "MAX_POLLS": maxPolls,
-            "DATABASE_POOL_SIZE": databasePoolSize, "DATABASE_TIMEOUT_SECONDS": databaseTimeoutSeconds,
-            "LISTENER_PING_SECONDS": listenerPingSeconds, "LISTENER_PING_TIMEOUT_SECONDS": listenerPingTimeoutSeconds, "LOG_LEVEL": logLevel,
-            "LOG_FORMAT": logFormat, "TLS_CERTIFICATE_FILE": tlsCertificateFile, "TLS_PRIVATE_KEY_FILE": tlsPrivateKeyFile,
-        ]
-        for case let (name, value?) in flags { values[name] = value }
-        values.merge(authorization.flags) { $1 }
+    /// The flags given, by variable name (`["PORT": "9000"]` for `--port 9000`).
+    func flags(_ settings: [Setting]) throws -> [String: String] {
+        var flags: [String: String] = [:]
+        var remaining = arguments[...]
+        while let argument = remaining.popFirst() {
+            guard argument.hasPrefix("--") else { throw ValidationError("Unexpected argument '\(argument)'") }
+            let parts = argument.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let setting = settings.first(where: { $0.flag == parts[0] }) else { throw ValidationError("Unknown option '\(parts[0])'") }
+            if parts.count == 2 {
+                flags[setting.variable] = String(parts[1])
+            } else if let value = remaining.popFirst(), !value.hasPrefix("--") {
+                flags[setting.variable] = value
+            } else {
+                throw ValidationError("Missing value for '\(setting.flag) <value>'")
+            }
+        }
+        return flags
+    }
+
+    /// The flags laid over the environment, read into `ServiceSettings`.
+    func read() throws -> ServiceSettings {
+        let source = SettingsSource(flags: try flags(Setting.all), environment: ProcessInfo.processInfo.environment)
         do {
-            return try Configuration(values: values)
+            return try ServiceSettings(source)
         } catch {
             throw ValidationError("configuration: \(error.description)")
         }
@@ -54,12 +42,46 @@ struct SettingsOptions: ParsableArguments {
 
     /// The process's logger. Bootstrapping swift-log also gives the libraries' own loggers (those
     /// not handed ours) the chosen format, so no line of the process breaks a JSON log.
-    func logger(_ configuration: Configuration) -> Logger {
-        let format = configuration.logFormat
+    func logger(_ settings: ServiceSettings) -> Logger {
+        let format = settings.logFormat
         LoggingSystem.bootstrap { label in format.makeHandler(label: label) }
         var logger = Logger(label: "order-status")
-        logger.logLevel = configuration.logLevel
+        logger.logLevel = settings.logLevel
+        logger.info("settings given", metadata: settings.given)
         return logger
+    }
+
+    /// `settings` for `--help`, laid out as ArgumentParser lays out options (below 80 columns, so
+    /// its own wrapping leaves the lines alone).
+    static func help(_ settings: [Setting]) -> String {
+        let column = 26
+        var lines = ["Each setting: its flag, else its environment variable, else its default.", "", "SETTINGS:"]
+        for setting in settings {
+            let label = "  \(setting.flag) <value>"
+            let detail = setting.defaultValue.map { ", default: \($0)" } ?? (setting.isRequired ? ", required" : "")
+            let words = setting.help.split(separator: " ").map(String.init) + ["(env: \(setting.variable)\(detail))"]
+            var body = wrapped(words, width: 79 - column).map { String(repeating: " ", count: column) + $0 }
+            if label.count < column {
+                body[0] = label + body[0].dropFirst(label.count)
+            } else {
+                lines.append(label)
+            }
+            lines += body
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `words` joined by spaces into lines of at most `width` characters (a longer word alone).
+    static func wrapped(_ words: [String], width: Int) -> [String] {
+        var lines: [String] = []
+        for word in words {
+            if let last = lines.last, last.count + 1 + word.count <= width {
+                lines[lines.count - 1] = last + " " + word
+            } else {
+                lines.append(word)
+            }
+        }
+        return lines
     }
 }
 
@@ -78,20 +100,23 @@ struct OrderStatusCommand: AsyncParsableCommand {
 }
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Apply pending migrations, then serve HTTP (the default).")
-    @OptionGroup var settings: SettingsOptions
+    static let configuration = CommandConfiguration(
+        abstract: "Apply pending migrations, then serve HTTP (the default).",
+        discussion: SettingsArguments.help(Setting.all)
+    )
+    @OptionGroup var arguments: SettingsArguments
 
     func run() async throws {
-        let configuration = try settings.configuration()
-        let logger = settings.logger(configuration)
-        let group = try await buildServiceGroup(configuration: configuration, logger: logger) { channel in
+        let settings = try arguments.read()
+        let logger = arguments.logger(settings)
+        let group = try await buildServiceGroup(settings: settings, logger: logger) { channel in
             let address = channel.localAddress?.description ?? "?"
             // Said at every start, so nobody runs it open believing it is protected.
-            let authorization = configuration.authorization.map { "on (\($0.keys.summary))" } ?? "off: anyone who reaches the port may read and change orders"
-            let scheme = configuration.tls == nil ? "http" : "https"
-            let host = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
-            let url = "\(scheme)://\(host):\(channel.localAddress?.port ?? configuration.port)"
-            let protocols = configuration.tls == nil ? "HTTP/1.1" : "HTTP/2 and HTTP/1.1 over TLS"
+            let authorization = settings.authorization.map { "on (\($0.keys.summary))" } ?? "off: anyone who reaches the port may read and change orders"
+            let scheme = settings.tls == nil ? "http" : "https"
+            let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
+            let url = "\(scheme)://\(host):\(channel.localAddress?.port ?? settings.port)"
+            let protocols = settings.tls == nil ? "HTTP/1.1" : "HTTP/2 and HTTP/1.1 over TLS"
             logger.notice("order-status is serving", metadata: ["url": "\(url)", "protocols": "\(protocols)", "address": "\(address)", "authorization": "\(authorization)"])
         }
         try await group.run()
@@ -99,45 +124,23 @@ struct Serve: AsyncParsableCommand {
 }
 
 struct Migrate: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Apply pending migrations and exit.")
-    @OptionGroup var settings: SettingsOptions
+    static let configuration = CommandConfiguration(abstract: "Apply pending migrations and exit.", discussion: SettingsArguments.help(Setting.all))
+    @OptionGroup var arguments: SettingsArguments
 
     func run() async throws {
-        let configuration = try settings.configuration()
-        let logger = settings.logger(configuration)
-        let client = PostgresClient(configuration: configuration.database.clientConfiguration(poolSize: 2), backgroundLogger: logger)
+        let settings = try arguments.read()
+        let logger = arguments.logger(settings)
+        let client = PostgresClient(configuration: settings.database.clientConfiguration(poolSize: 2), backgroundLogger: logger)
         let applied = try await withThrowingTaskGroup(of: [String].self) { group in
             group.addTask {
                 await client.run()
                 return []
             }
-            let applied = try await Migrator(directory: configuration.migrationsDirectory, logger: logger).migrate(client: client)
+            let applied = try await Migrator(directory: settings.migrationsDirectory, logger: logger).migrate(client: client)
             group.cancelAll()
             return applied
         }
         print(applied.isEmpty ? "migrations: nothing to apply" : "migrations: applied \(applied.joined(separator: ", "))")
-    }
-}
-
-/// The authorization flags, each overriding its AUTH_ environment variable. Shared by `serve`,
-/// `migrate` (through SettingsOptions) and `token`, which needs no database.
-struct AuthorizationOptions: ParsableArguments {
-    @Option(help: "HS256 secret, 32 bytes or more; turns authorization on  [env: AUTH_HS256_SECRET]") var authHs256Secret: String?
-    @Option(help: "File holding the HS256 secret  [env: AUTH_HS256_SECRET_FILE]") var authHs256SecretFile: String?
-    @Option(help: "Comma-separated PEM files of RS256/ES256 public keys  [env: AUTH_PUBLIC_KEYS]") var authPublicKeys: String?
-    @Option(help: "JWKS file of RSA/EC public keys  [env: AUTH_JWKS_FILE]") var authJwksFile: String?
-    @Option(help: "Required token issuer (iss)  [env: AUTH_ISSUER]") var authIssuer: String?
-    @Option(help: "Required token audience (aud)  [env: AUTH_AUDIENCE]") var authAudience: String?
-    @Option(help: "true to accept ?access_token= on reads (default false)  [env: AUTH_ALLOW_QUERY_TOKEN]") var authAllowQueryToken: String?
-
-    /// The given flags by environment variable name.
-    var flags: [String: String] {
-        let all: [String: String?] = [
-            "AUTH_HS256_SECRET": authHs256Secret, "AUTH_HS256_SECRET_FILE": authHs256SecretFile, "AUTH_PUBLIC_KEYS": authPublicKeys,
-            "AUTH_JWKS_FILE": authJwksFile, "AUTH_ISSUER": authIssuer, "AUTH_AUDIENCE": authAudience,
-            "AUTH_ALLOW_QUERY_TOKEN": authAllowQueryToken,
-        ]
-        return all.compactMapValues { $0 }
     }
 }
 
@@ -152,10 +155,10 @@ struct Token: AsyncParsableCommand {
               order-status token --auth-hs256-secret-file secret.txt --order A1001 --lifetime 15m
               order-status token --private-key ec-private.pem --scope orders:read
             The token alone goes to standard output; what it grants goes to standard error.
-            """
+            """ + "\n\n" + SettingsArguments.help(Setting.authorization)
     )
 
-    @OptionGroup var authorization: AuthorizationOptions
+    @OptionGroup var authorization: SettingsArguments
     @Option(name: .customLong("scope"), help: "A scope to grant: orders:read, orders:write (repeatable, or space-separated)") var scopes: [String] = []
     @Option(name: .customLong("order"), help: "An order id the token may read (repeatable)") var orders: [String] = []
     @Option(help: "How long the token lives: seconds, or with s, m, h or d (default 1h)") var lifetime: String = "1h"
@@ -174,12 +177,11 @@ struct Token: AsyncParsableCommand {
         guard let seconds = Self.seconds(in: lifetime), seconds > 0, seconds <= 366 * 86_400 else {
             throw ValidationError("--lifetime must be like 3600, 90s, 15m, 12h or 7d, at most 366d, not '\(lifetime)'")
         }
-        var values = ProcessInfo.processInfo.environment
-        values.merge(authorization.flags) { $1 }
+        let source = SettingsSource(flags: try authorization.flags(Setting.authorization), environment: ProcessInfo.processInfo.environment)
         let settings: AuthorizationSettings?
         let signer: TokenSigner
         do {
-            settings = try AuthorizationSettings.read(from: values)
+            settings = try AuthorizationSettings.read(from: source)
             if let privateKey {
                 signer = try TokenSigner(privateKeyPEMAt: privateKey)
             } else if let secret = settings?.keys.hs256Secret {

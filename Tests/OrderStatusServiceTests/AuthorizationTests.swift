@@ -332,7 +332,7 @@ struct AuthorizationTests {
         let base = ["DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"]
         func error(_ settings: [String: String]) -> String? {
             do {
-                _ = try Configuration(values: base.merging(settings) { $1 })
+                _ = try ServiceSettings(values: base.merging(settings) { $1 })
                 return nil
             } catch let error as ConfigurationError {
                 return error.description
@@ -340,8 +340,8 @@ struct AuthorizationTests {
                 return "\(error)"
             }
         }
-        #expect(try Configuration(values: base).authorization == nil, "off without keys")
-        #expect(try Configuration(values: base.merging(Self.hs256) { $1 }).authorization != nil, "on with a secret")
+        #expect(try ServiceSettings(values: base).authorization == nil, "off without keys")
+        #expect(try ServiceSettings(values: base.merging(Self.hs256) { $1 }).authorization != nil, "on with a secret")
         #expect(error(["AUTH_HS256_SECRET": "short"])?.hasPrefix("AUTH_HS256_SECRET must be at least 32 bytes") == true)
         #expect(error(["AUTH_HS256_SECRET": Self.secret, "AUTH_HS256_SECRET_FILE": "/tmp/x"])?.contains("both set") == true)
         #expect(error(["AUTH_HS256_SECRET_FILE": "/nonexistent/secret"])?.hasPrefix("AUTH_HS256_SECRET_FILE: cannot read") == true)

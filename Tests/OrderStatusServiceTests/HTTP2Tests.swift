@@ -155,7 +155,7 @@ struct HTTP2Tests {
         let base = ["DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"]
         func error(_ settings: [String: String]) -> String? {
             do {
-                _ = try Configuration(values: base.merging(settings) { $1 })
+                _ = try ServiceSettings(values: base.merging(settings) { $1 })
                 return nil
             } catch {
                 return error.description
@@ -163,8 +163,8 @@ struct HTTP2Tests {
         }
         let certificate = try await SelfSignedCertificate.make()
         let other = try await SelfSignedCertificate.make()
-        #expect(try Configuration(values: base).tls == nil, "plain HTTP without them")
-        #expect(try Configuration(values: base.merging(certificate.settings) { $1 }).tls != nil)
+        #expect(try ServiceSettings(values: base).tls == nil, "plain HTTP without them")
+        #expect(try ServiceSettings(values: base.merging(certificate.settings) { $1 }).tls != nil)
         #expect(error(["TLS_CERTIFICATE_FILE": certificate.certificatePath])?.hasPrefix("TLS_CERTIFICATE_FILE is set but TLS_PRIVATE_KEY_FILE is not") == true)
         #expect(error(["TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.hasPrefix("TLS_PRIVATE_KEY_FILE is set but TLS_CERTIFICATE_FILE is not") == true)
         #expect(error(["TLS_CERTIFICATE_FILE": "/nonexistent/cert.pem", "TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.hasPrefix("TLS_CERTIFICATE_FILE: cannot read") == true)

@@ -10,13 +10,13 @@ struct HubTests {
     static func withParts(_ settings: [String: String], _ body: @Sendable (ServiceParts) async throws -> Void) async throws {
         var values = ["DATABASE_URL": TestDatabase.url]
         values.merge(settings) { $1 }
-        let configuration = try Configuration(values: values)
-        let parts = try await ServiceParts(configuration: configuration, logger: testLogger)
+        let serviceSettings = try ServiceSettings(values: values)
+        let parts = try await ServiceParts(settings: serviceSettings, logger: testLogger)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await parts.postgres.run() }
             group.addTask { await parts.listener.run() }
             group.addTask { await parts.hub.run() }
-            try await Migrator(directory: configuration.migrationsDirectory, logger: testLogger).migrate(client: parts.postgres)
+            try await Migrator(directory: serviceSettings.migrationsDirectory, logger: testLogger).migrate(client: parts.postgres)
             parts.migrationsApplied.signal()
             try await eventually("the listener is connected") { await parts.listener.isListening }
             do {

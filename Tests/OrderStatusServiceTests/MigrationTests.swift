@@ -44,7 +44,7 @@ struct MigrationTests {
         #expect(Migrator.Migration.embedded.map(\.name) == files.map(\.name), "a file of sql/ without its line in Migration.embedded")
         #expect(Migrator.Migration.embedded == files, "same names and contents")
         #expect(try Migrator(directory: nil, logger: testLogger).migrations() == files, "no folder: the embedded files")
-        #expect(try Configuration(values: ["DATABASE_URL": "postgres://u@localhost/d"]).migrationsDirectory == nil)
+        #expect(try ServiceSettings(values: ["DATABASE_URL": "postgres://u@localhost/d"]).migrationsDirectory == nil)
     }
 
     @Test func migrationsDirReplacesTheEmbeddedFiles() async throws {

@@ -77,10 +77,10 @@ struct ObservabilityTests {
 
     @Test func logFormatIsTextUnlessJSONIsAsked() throws {
         let base = ["DATABASE_URL": "postgres://u@localhost/d"]
-        #expect(try Configuration(values: base).logFormat == .text)
-        #expect(try Configuration(values: base.merging(["LOG_FORMAT": "JSON"]) { $1 }).logFormat == .json)
+        #expect(try ServiceSettings(values: base).logFormat == .text)
+        #expect(try ServiceSettings(values: base.merging(["LOG_FORMAT": "JSON"]) { $1 }).logFormat == .json)
         #expect(throws: ConfigurationError("LOG_FORMAT must be text or json, not 'xml'")) {
-            try Configuration(values: base.merging(["LOG_FORMAT": "xml"]) { $1 })
+            try ServiceSettings(values: base.merging(["LOG_FORMAT": "xml"]) { $1 })
         }
     }
 

@@ -6,7 +6,7 @@ import PostgresNIO
 import ServiceLifecycle
 import UnixSignals
 
-/// The parts of a running service, made once from the configuration.
+/// The parts of a running service, made once from the settings.
 public struct ServiceParts: Sendable {
     public let postgres: PostgresClient
     public let store: OrderStore
@@ -18,27 +18,27 @@ public struct ServiceParts: Sendable {
     /// Checks bearer tokens when keys are configured; nil leaves the order routes open.
     public let authorization: TokenVerifier?
 
-    public init(configuration: Configuration, logger: Logger) async throws {
-        postgres = PostgresClient(configuration: configuration.database.clientConfiguration(poolSize: configuration.databasePoolSize), backgroundLogger: logger)
-        metrics = ServiceMetrics(configuration: configuration)
-        store = OrderStore(client: postgres, logger: logger, timeout: configuration.databaseTimeout, metrics: metrics.database)
+    public init(settings: ServiceSettings, logger: Logger) async throws {
+        postgres = PostgresClient(configuration: settings.database.clientConfiguration(poolSize: settings.databasePoolSize), backgroundLogger: logger)
+        metrics = ServiceMetrics(settings: settings)
+        store = OrderStore(client: postgres, logger: logger, timeout: settings.databaseTimeout, metrics: metrics.database)
         hub = OrderEventHub(
             reader: store,
             configuration: .init(
-                heartbeatInterval: configuration.heartbeatInterval,
-                streamBufferCapacity: configuration.streamBufferFrames,
-                maximumStreams: configuration.maximumStreams,
-                maximumPolls: configuration.maximumPolls,
-                shutdownSpread: configuration.shutdownSpread
+                heartbeatInterval: settings.heartbeatInterval,
+                streamBufferCapacity: settings.streamBufferFrames,
+                maximumStreams: settings.maximumStreams,
+                maximumPolls: settings.maximumPolls,
+                shutdownSpread: settings.shutdownSpread
             ),
             metrics: metrics.delivery,
             logger: logger
         )
         listener = NotificationListener(
             configuration: .init(
-                connection: try configuration.database.connectionConfiguration(),
-                pingInterval: configuration.listenerPingInterval,
-                pingTimeout: configuration.listenerPingTimeout
+                connection: try settings.database.connectionConfiguration(),
+                pingInterval: settings.listenerPingInterval,
+                pingTimeout: settings.listenerPingTimeout
             ),
             channelName: { [store, migrationsApplied] in
                 await migrationsApplied.wait()
@@ -49,8 +49,8 @@ public struct ServiceParts: Sendable {
             metrics: metrics.delivery,
             logger: logger
         )
-        if let settings = configuration.authorization {
-            authorization = try await TokenVerifier.make(settings: settings)
+        if let authorizationSettings = settings.authorization {
+            authorization = try await TokenVerifier.make(settings: authorizationSettings)
         } else {
             authorization = nil
         }
@@ -59,7 +59,7 @@ public struct ServiceParts: Sendable {
 
 /// The HTTP application: routes, the problem middleware, and the migrations run before serving.
 public func buildApplication(
-    configuration: Configuration,
+    settings: ServiceSettings,
     parts: ServiceParts,
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
@@ -68,8 +68,8 @@ public func buildApplication(
     // Outermost, so every response (a CORS preflight, a 404) carries the request id and is timed.
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(metrics: parts.metrics.http))
-    if !configuration.corsAllowedOrigins.isEmpty {
-        router.add(middleware: CORSAllowList(origins: Set(configuration.corsAllowedOrigins)))
+    if !settings.corsAllowedOrigins.isEmpty {
+        router.add(middleware: CORSAllowList(origins: Set(settings.corsAllowedOrigins)))
     }
     router.add(middleware: ProblemMiddleware())
     // Order routes sit behind bearer tokens when keys are configured; health and the page stay public.
@@ -79,8 +79,8 @@ public func buildApplication(
     EventStreamController(
         store: parts.store,
         hub: parts.hub,
-        retry: .init(milliseconds: configuration.sseRetryMilliseconds, jitterPercent: configuration.sseRetryJitterPercent),
-        bufferCapacity: configuration.streamBufferFrames
+        retry: .init(milliseconds: settings.sseRetryMilliseconds, jitterPercent: settings.sseRetryJitterPercent),
+        bufferCapacity: settings.streamBufferFrames
     ).addRoutes(to: router.group().authorized(by: authorization))
     HealthController(store: parts.store, listener: parts.listener, registry: parts.metrics.registry).addRoutes(to: router)
     LivePageController().addRoutes(to: router)
@@ -88,20 +88,20 @@ public func buildApplication(
     // Headers are capped well below NIO's 80 KiB default; the idle timeout closes connections that
     // hold no request (nor a stream: a response in flight keeps its connection).
     let http1 = HTTP1Channel.Configuration(
-        idleTimeout: .nanoseconds(Int64(configuration.requestIdleTimeout / .nanoseconds(1))),
+        idleTimeout: .nanoseconds(Int64(settings.requestIdleTimeout / .nanoseconds(1))),
         httpDecoderConfiguration: .init(maxHeaderFieldSize: 8 * 1024, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
     )
     let serverName = "order-status"
     var app = Application(
         router: router,
         // With a certificate and key, HTTPS with HTTP/2 so a browser multiplexes its streams.
-        server: configuration.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1) }
+        server: settings.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1) }
             ?? .orderStatusHTTP1(configuration: http1, eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName)),
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
+        configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: serverName),
         onServerRunning: onServerRunning,
         logger: logger
     )
-    let migrator = Migrator(directory: configuration.migrationsDirectory, logger: logger)
+    let migrator = Migrator(directory: settings.migrationsDirectory, logger: logger)
     app.beforeServerStarts {
         try await migrator.migrate(client: parts.postgres)
         parts.migrationsApplied.signal()
@@ -112,19 +112,19 @@ public func buildApplication(
 /// The whole service as one service group. Graceful shutdown runs in reverse order: the hub ends
 /// every stream and held poll first, so the HTTP server can finish; then the listener and the pool.
 public func buildServiceGroup(
-    configuration: Configuration,
+    settings: ServiceSettings,
     logger: Logger,
     gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) async throws -> ServiceGroup {
-    let parts = try await ServiceParts(configuration: configuration, logger: logger)
-    let app = buildApplication(configuration: configuration, parts: parts, logger: logger, onServerRunning: onServerRunning)
+    let parts = try await ServiceParts(settings: settings, logger: logger)
+    let app = buildApplication(settings: settings, parts: parts, logger: logger, onServerRunning: onServerRunning)
     var groupConfiguration = ServiceGroupConfiguration(
         services: [parts.postgres, parts.listener, app, parts.hub],
         gracefulShutdownSignals: gracefulShutdownSignals,
         logger: logger
     )
-    groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownTimeout
+    groupConfiguration.maximumGracefulShutdownDuration = settings.shutdownTimeout
     // No bound on cancellation: ServiceLifecycle would crash the process past it.
     groupConfiguration.maximumCancellationDuration = nil
     return ServiceGroup(configuration: groupConfiguration)

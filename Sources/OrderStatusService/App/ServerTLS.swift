@@ -3,21 +3,11 @@ import NIOSSL
 
 /// The certificate and key that turn on HTTPS with HTTP/2 (see `HTTPServerBuilder.orderStatusHTTP2`).
 enum ServerTLS {
-    /// The settings: environment variable, flag, and what the value means.
-    static let settings: [(variable: String, flag: String, help: String)] = [
-        ("TLS_CERTIFICATE_FILE", "tls-certificate-file", "PEM certificate chain (leaf first); with TLS_PRIVATE_KEY_FILE serves HTTPS with HTTP/2"),
-        ("TLS_PRIVATE_KEY_FILE", "tls-private-key-file", "PEM private key of that certificate"),
-    ]
-
-    /// Reads TLS_CERTIFICATE_FILE and TLS_PRIVATE_KEY_FILE from `values`: nil when neither is set.
-    /// Both files are loaded here, so a missing file or a key that does not match the certificate
-    /// stops startup instead of failing every handshake later.
-    static func read(from values: [String: String]) throws(ConfigurationError) -> TLSConfiguration? {
-        func value(_ name: String) -> String? {
-            guard let text = values[name]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
-            return text
-        }
-        switch (value("TLS_CERTIFICATE_FILE"), value("TLS_PRIVATE_KEY_FILE")) {
+    /// Reads TLS_CERTIFICATE_FILE and TLS_PRIVATE_KEY_FILE: nil when neither is set. Both files are
+    /// loaded here, so a missing file or a key that does not match the certificate stops startup
+    /// instead of failing every handshake later.
+    static func read(from source: SettingsSource) throws(ConfigurationError) -> TLSConfiguration? {
+        switch (source.given("TLS_CERTIFICATE_FILE"), source.given("TLS_PRIVATE_KEY_FILE")) {
         case (nil, nil):
             return nil
         case (_?, nil):

@@ -18,26 +18,10 @@ public struct AuthorizationSettings: Sendable {
         self.allowQueryToken = allowQueryToken
     }
 
-    /// The settings: environment variable, flag, and what the value means.
-    public static let settings: [(variable: String, flag: String, help: String)] = [
-        ("AUTH_HS256_SECRET", "auth-hs256-secret", "HS256 secret (32 bytes or more) that verifies bearer tokens; turns authorization on"),
-        ("AUTH_HS256_SECRET_FILE", "auth-hs256-secret-file", "file holding the HS256 secret (instead of AUTH_HS256_SECRET)"),
-        ("AUTH_PUBLIC_KEYS", "auth-public-keys", "comma-separated PEM files of RSA (RS256) or EC (ES256) public keys; turns authorization on"),
-        ("AUTH_JWKS_FILE", "auth-jwks-file", "a JWKS file of RSA or EC public keys; turns authorization on"),
-        ("AUTH_ISSUER", "auth-issuer", "when set, a token's iss must equal it"),
-        ("AUTH_AUDIENCE", "auth-audience", "when set, a token's aud must include it"),
-        ("AUTH_ALLOW_QUERY_TOKEN", "auth-allow-query-token", "true to accept ?access_token= on the read routes (default false)"),
-    ]
-
-    /// Reads the AUTH_ settings from `values`, keyed by environment variable name; nil when no key
-    /// is configured, which leaves authorization off.
-    public static func read(from values: [String: String]) throws(ConfigurationError) -> AuthorizationSettings? {
-        func value(_ name: String) -> String? {
-            guard let text = values[name]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
-            return text
-        }
+    /// Reads the AUTH_ settings; nil when no key is configured, which leaves authorization off.
+    public static func read(from source: SettingsSource) throws(ConfigurationError) -> AuthorizationSettings? {
         var keys = TokenKeys()
-        switch (value("AUTH_HS256_SECRET"), value("AUTH_HS256_SECRET_FILE")) {
+        switch (source.given("AUTH_HS256_SECRET"), source.given("AUTH_HS256_SECRET_FILE")) {
         case (.some, .some):
             throw ConfigurationError("AUTH_HS256_SECRET and AUTH_HS256_SECRET_FILE are both set: give one")
         case (let secret?, nil):
@@ -49,29 +33,28 @@ public struct AuthorizationSettings: Sendable {
         case (nil, nil):
             break
         }
-        if let paths = value("AUTH_PUBLIC_KEYS") {
+        if let paths = source.given("AUTH_PUBLIC_KEYS") {
             for path in paths.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !path.isEmpty {
                 try keys.addPublicKey(pemAt: path, setting: "AUTH_PUBLIC_KEYS")
             }
         }
-        if let path = value("AUTH_JWKS_FILE") {
+        if let path = source.given("AUTH_JWKS_FILE") {
             try keys.addJWKS(at: path, setting: "AUTH_JWKS_FILE")
         }
-        var allowQueryToken = false
-        if let text = value("AUTH_ALLOW_QUERY_TOKEN") {
-            switch text.lowercased() {
-            case "true", "1", "yes", "on": allowQueryToken = true
-            case "false", "0", "no", "off": allowQueryToken = false
-            default: throw ConfigurationError("AUTH_ALLOW_QUERY_TOKEN must be true or false, not '\(text)'")
-            }
+        let allowQueryToken: Bool
+        let text = try source.required("AUTH_ALLOW_QUERY_TOKEN")
+        switch text.lowercased() {
+        case "true", "1", "yes", "on": allowQueryToken = true
+        case "false", "0", "no", "off": allowQueryToken = false
+        default: throw ConfigurationError("AUTH_ALLOW_QUERY_TOKEN must be true or false, not '\(text)'")
         }
         guard !keys.isEmpty else {
             // These only mean something with a key; alone they suggest the operator thinks it is on.
-            for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_ALLOW_QUERY_TOKEN"] where value(name) != nil {
+            for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_ALLOW_QUERY_TOKEN"] where source.given(name) != nil {
                 throw ConfigurationError("\(name) is set but no key is, so authorization would be off: set AUTH_HS256_SECRET, AUTH_PUBLIC_KEYS or AUTH_JWKS_FILE")
             }
             return nil
         }
-        return AuthorizationSettings(keys: keys, issuer: value("AUTH_ISSUER"), audience: value("AUTH_AUDIENCE"), allowQueryToken: allowQueryToken)
+        return AuthorizationSettings(keys: keys, issuer: source.given("AUTH_ISSUER"), audience: source.given("AUTH_AUDIENCE"), allowQueryToken: allowQueryToken)
     }
 }

@@ -72,9 +72,9 @@ struct TestService: Sendable {
     ) async throws -> T {
         var values = ["DATABASE_URL": databaseURL, "PORT": "0", "HEARTBEAT_SECONDS": "15", "SHUTDOWN_TIMEOUT_SECONDS": "5"]
         values.merge(settings) { $1 }
-        let configuration = try Configuration(values: values)
+        let serviceSettings = try ServiceSettings(values: values)
         let (ports, portSource) = AsyncStream.makeStream(of: Int.self)
-        let group = try await buildServiceGroup(configuration: configuration, logger: testLogger, gracefulShutdownSignals: []) { channel in
+        let group = try await buildServiceGroup(settings: serviceSettings, logger: testLogger, gracefulShutdownSignals: []) { channel in
             portSource.yield(channel.localAddress?.port ?? 0)
             portSource.finish()
         }
@@ -86,7 +86,7 @@ struct TestService: Sendable {
             var iterator = ports.makeAsyncIterator()
             guard let port = await iterator.next() else { throw TestFailure("the service did not start") }
             // A certificate in the settings turns on HTTPS (and HTTP/2).
-            let scheme = configuration.tls == nil ? "http" : "https"
+            let scheme = serviceSettings.tls == nil ? "http" : "https"
             let service = TestService(baseURL: "\(scheme)://127.0.0.1:\(port)", port: port)
             do {
                 try await service.waitUntilReady()
