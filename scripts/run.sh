@@ -77,13 +77,17 @@ if [[ "$SCHEME" == https ]]; then
     CURL_FLAGS="--http2 -k " # -k: for a self-signed certificate
 fi
 
+# The password stays out of the banner, as it does out of the service's log.
+SHOWN_DATABASE_URL="$(sed -E 's#(://[^:/@]*):[^/]*@#\1:<redacted>@#' <<<"$DATABASE_URL")"
+
 cat <<EOF
 ------------------------------------------------------------------
  order-status
    postgres data : $PGDATA_DIR
    postgres log  : $PGLOG
-   DATABASE_URL  : $DATABASE_URL
+   DATABASE_URL  : $SHOWN_DATABASE_URL
    listening on  : $SCHEME://$LISTEN_HOST:$LISTEN_PORT ($PROTOCOLS)
+   live page     : open $SCHEME://$CURL_HOST:$LISTEN_PORT/
    authorization : $AUTH_STATE
    try           : curl $CURL_FLAGS$SCHEME://$CURL_HOST:$LISTEN_PORT/healthz
    stop database : scripts/stop-postgres.sh

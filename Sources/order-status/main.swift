@@ -116,8 +116,14 @@ struct Serve: AsyncParsableCommand {
             let scheme = settings.tls == nil ? "http" : "https"
             let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
             let url = "\(scheme)://\(host):\(channel.localAddress?.port ?? settings.port)"
+            // A wildcard bind address is not one to open in a browser.
+            let pageHost = ["0.0.0.0", "[::]"].contains(host) ? "127.0.0.1" : host
+            let page = "open \(scheme)://\(pageHost):\(channel.localAddress?.port ?? settings.port)/"
             let protocols = settings.tls == nil ? "HTTP/1.1" : "HTTP/2 and HTTP/1.1 over TLS"
-            logger.notice("order-status is serving", metadata: ["url": "\(url)", "protocols": "\(protocols)", "address": "\(address)", "authorization": "\(authorization)"])
+            logger.notice(
+                "order-status is serving",
+                metadata: ["url": "\(url)", "page": "\(page)", "protocols": "\(protocols)", "address": "\(address)", "authorization": "\(authorization)"]
+            )
         }
         try await group.run()
     }
