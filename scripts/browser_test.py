@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.parse
 import uuid
 
 from selenium import webdriver
@@ -135,12 +136,14 @@ def screenshot(driver, name):
 
 def test_event_source(driver, service, spare, timings):
     network = NetworkLog(driver)
-    order_id = f"web-{uuid.uuid4().hex[:10]}"
+    # A colon, which the page sends percent-encoded (encodeURIComponent): the service decodes path ids.
+    order_id = f"web:{uuid.uuid4().hex[:10]}"
+    path_id = urllib.parse.quote(order_id, safe="")
     post_json(service.base_url, "/orders", {"id": order_id, "metadata": {"customer": "c-42", "channel": "web"}}, 201)
     watch(driver, service.base_url, order_id)
     state = wait_for_page(driver, "the initial status, live", lambda s: s["status"] == "pending" and s["connection"] == "live")
     check(state["transport"] == "eventsource", f"the page uses {state['transport']}, not EventSource")
-    check(network.count(f"/events/order-status/{order_id}") == 1, "one EventSource connection")
+    check(network.count(f"/events/order-status/{path_id}") == 1, "one EventSource connection")
     log(f"page shows {order_id} as pending, live over EventSource")
 
     # The stream is registered on the hub before the change, so this times live delivery, not replay.
@@ -173,10 +176,10 @@ def test_event_source(driver, service, spare, timings):
     state = wait_for_page(driver, "the terminal state", lambda s: s["bannerShown"] and s["connection"] == "ended")
     check("Delivered" in state["bannerText"], f"terminal banner says {state['bannerText']!r}")
     check(state["eventSourceReadyState"] == 2, f"EventSource readyState is {state['eventSourceReadyState']}, not CLOSED (2)")
-    connections = network.count(f"/events/order-status/{order_id}")
+    connections = network.count(f"/events/order-status/{path_id}")
     # An absence cannot be awaited: watch for several retry intervals that no reconnect comes.
     time.sleep(6 * RETRY_MILLISECONDS * 1.2 / 1000)
-    check(network.count(f"/events/order-status/{order_id}") == connections, "the page reconnected after the terminal event")
+    check(network.count(f"/events/order-status/{path_id}") == connections, "the page reconnected after the terminal event")
     check(page_state(driver)["connection"] == "ended", "the page left the terminal state")
     log(f"terminal: banner {state['bannerText']!r}, EventSource closed, no reconnect in {6 * RETRY_MILLISECONDS * 1.2:.0f} ms")
     screenshot(driver, "live-page.png")

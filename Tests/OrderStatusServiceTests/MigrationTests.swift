@@ -47,6 +47,33 @@ struct MigrationTests {
         #expect(try ServiceSettings(values: ["DATABASE_URL": "postgres://u@localhost/d"]).migrationsDirectory == nil)
     }
 
+    /// Migration 002 turns jsonb metadata into the compact json the service writes, keeping jsonb's
+    /// key order (its spelling of numbers is all that is left of the original text).
+    @Test func metadataWrittenAsJSONBIsCompactedByMigration002() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.copyItem(atPath: Self.sqlFolder.appendingPathComponent("001_orders_and_events.sql").path, toPath: folder + "/001_orders_and_events.sql")
+        let database = try await TestDatabase.createFresh()
+        let first = try await Self.runCommand(["migrate"], databaseURL: database, settings: ["MIGRATIONS_DIR": folder])
+        #expect(first.status == 0, "\(first.output)")
+        let connection = try await PostgresConnection.connect(configuration: try DatabaseURL(database).connectionConfiguration(), id: 2, logger: testLogger)
+        let given = #"{"bb": [1, 2.50, null, true], "a": {"x": "y, z: \"q\"", "e": {}}, "c": []}"#
+        _ = try await connection.query("""
+            WITH o AS (INSERT INTO orders VALUES ('M-1', 'pending', 1, \(given)::jsonb, now(), now(), 1) RETURNING *)
+            INSERT INTO order_events SELECT 1, id, status, NULL, 1, created_at, metadata FROM o
+            """, logger: testLogger).collect()
+        let rest = try await Self.runCommand(["migrate"], databaseURL: database)
+        #expect(rest.status == 0, "\(rest.output)")
+        var stored: [String] = []
+        for try await text in try await connection.query(
+            "SELECT metadata::text FROM orders UNION ALL SELECT metadata::text FROM order_events", logger: testLogger).decode(String.self) {
+            stored.append(text)
+        }
+        try await connection.close()
+        #expect(stored == Array(repeating: #"{"a":{"e":{},"x":"y, z: \"q\""},"c":[],"bb":[1,2.50,null,true]}"#, count: 2))
+    }
+
     @Test func migrationsDirReplacesTheEmbeddedFiles() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)

@@ -84,6 +84,31 @@ struct OrderAPITests {
         }
     }
 
+    /// Ids holding `:` work whether a client sends them raw or percent-encoded (`encodeURIComponent`
+    /// sends `%3A`) on every route; what decodes to something outside the id pattern is 404.
+    @Test func pathIDsArePercentDecoded() async throws {
+        try await TestService.with { service in
+            let id = "shop:" + uniqueOrderID("P")
+            let encoded = id.replacingOccurrences(of: ":", with: "%3A")
+            try await service.createOrder(id)
+            for path in ["/orders/\(id)", "/orders/\(encoded)", "/orders/\(encoded)/events", "/orders/\(encoded)/status/poll"] {
+                let response = try await service.get(path)
+                #expect(response.status == 200, "\(path): \(response.body)")
+                #expect(response.body.contains(#""\#(id)""#), "\(path): \(response.body)")
+            }
+            #expect(try await service.changeStatus(encoded, to: "paid").status == 200)
+            let stream = try await SSEConnection.open(service, orderID: encoded)
+            #expect(stream.status == 200)
+            // Without a last event id the stream opens with the order's latest event: the change above.
+            let latest = try await stream.events(1)
+            #expect(latest.count == 1 && latest[0].data.contains(#""orderId":"\#(id)","status":"paid""#), "\(latest)")
+            stream.close()
+            for bad in ["shop%2F1", "shop%3", "%", "shop%00x"] {
+                #expect(try await service.get("/orders/\(bad)").status == 404, "\(bad)")
+            }
+        }
+    }
+
     @Test func eventsPaginateWithAfterAndLimit() async throws {
         try await TestService.with { service in
             let id = uniqueOrderID()

@@ -23,7 +23,7 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         case .get, .head:
             let claims = try await claims(of: request, context: context, reading: true)
-            let orderID = context.parameters.get("id") ?? ""
+            let orderID = RequestParsing.pathID(context)
             guard claims.mayRead(order: orderID) else {
                 throw Problem.forbidden("The token does not grant access to the order '\(orderID)': it needs the scope \(AccessClaims.readScope) or to name the order in its orders claim.",
                                         scope: AccessClaims.readScope)

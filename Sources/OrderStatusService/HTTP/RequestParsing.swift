@@ -7,9 +7,17 @@ import Hummingbird
 enum RequestParsing {
     /// A path id that breaks the pattern names no order: 404, as the contract says.
     static func orderID(_ context: some RequestContext) throws -> OrderID {
-        let text = context.parameters.get("id") ?? ""
+        let text = pathID(context)
         guard let id = OrderID(text) else { throw Problem.orderNotFound(text) }
         return id
+    }
+
+    /// The `:id` path parameter percent-decoded, as a browser's `encodeURIComponent` sends
+    /// `shop%3A1` for `shop:1` (RFC 3986 §2.1); the decoded text must still match the id pattern.
+    /// Undecodable text (a lone `%`, bytes that are not UTF-8) is returned as sent, and matches none.
+    static func pathID(_ context: some RequestContext) -> String {
+        let raw = context.parameters.get("id") ?? ""
+        return raw.removingPercentEncoding ?? raw
     }
 
     /// An integer query parameter within `range`; nil when absent. Duplicates are refused as ambiguous.
