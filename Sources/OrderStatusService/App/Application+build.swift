@@ -64,7 +64,7 @@ public func buildApplication(
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let router = Router(context: BasicRequestContext.self)
+    let router = Router(context: OrderStatusRequestContext.self)
     // Outermost, so every response (a CORS preflight, a 404) carries the request id and is timed.
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(metrics: parts.metrics.http))

@@ -1,9 +1,16 @@
 import Hummingbird
 import NIOCore
 
+/// Where order streams live: their route, and the HTTP/1 channel that spots a stream before
+/// routing (`EventStreamHandoff`).
+enum EventStreamPath {
+    static let prefix = "/events/order-status/"
+    static let route = RouterPath(prefix + ":id")
+}
+
 /// `GET /events/order-status/{id}`: the order's state, the replay after Last-Event-ID, then live
 /// events from the hub, heartbeats while idle, and the end after a terminal event.
-struct EventStreamController<Context: RequestContext> {
+struct EventStreamController<Context: EventStreamRequestContext> {
     let store: OrderStore
     let hub: OrderEventHub
     let retry: RetryInterval
@@ -22,7 +29,7 @@ struct EventStreamController<Context: RequestContext> {
     }
 
     func addRoutes(to router: some RouterMethods<Context>) {
-        router.get("/events/order-status/:id", use: stream).allow([.get], on: "/events/order-status/:id")
+        router.get(EventStreamPath.route, use: stream).allow([.get], on: EventStreamPath.route)
     }
 
     @Sendable func stream(_ request: Request, context: Context) async throws -> Response {
@@ -47,39 +54,11 @@ struct EventStreamController<Context: RequestContext> {
         // Watching for the client's close takes over the connection's input, so it cannot carry
         // another request afterwards: say so, or a client may reuse it and fail.
         let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no", .connection: "close"]
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            try await writeStream(of: id, request: request, replay: replay, after: position, to: &writer)
+        return Response(status: .ok, headers: headers, body: ResponseBody { [attachment = context.eventStreamAttachment] writer in
+            try await attachment.serve(id, from: hub, capacity: bufferCapacity, request: request, writer: &writer) { writer in
+                try await writeReplay(of: id, replay: replay, after: position, to: &writer)
+            }
         })
-    }
-
-    private func writeStream(of id: OrderID, request: Request, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws {
-        // A connection whose first request is this stream: once replayed, the hub writes to the
-        // channel itself and no task waits here (see OrderStatusHTTP1Channel).
-        if let channelWriter = writer as? ChannelResponseBodyWriter {
-            guard let position = try await writeReplay(of: id, replay: replay, after: start, to: &writer) else {
-                return try await writer.finish(nil)
-            }
-            let sink = channelWriter.detach(capacity: bufferCapacity)
-            guard let subscriberID = await hub.subscribe(to: id, after: position, sink: sink) else { return sink.finish() }
-            sink.whenClosed { [hub] in hub.streamDeparted(from: id, id: subscriberID) }
-            return
-        }
-        let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(bufferCapacity))
-        // A client that goes away finishes the mailbox at once, which ends the loop below.
-        try await request.body.consumeWithInboundCloseHandler { _ in
-            guard let position = try await writeReplay(of: id, replay: replay, after: start, to: &writer) else { return }
-            guard let subscriberID = await hub.subscribe(to: id, after: position, sink: mailbox) else { return }
-            do {
-                for await frame in frames { try await writer.write(frame) }
-            } catch {
-                await hub.unsubscribe(from: id, id: subscriberID)
-                throw error
-            }
-            await hub.unsubscribe(from: id, id: subscriberID)
-        } onInboundClosed: {
-            mailbox.finish()
-        }
-        try await writer.finish(nil)
     }
 
     /// Writes `retry:` and the replay, reading further pages straight to the socket so a long

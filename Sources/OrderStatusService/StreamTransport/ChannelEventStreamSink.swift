@@ -4,6 +4,8 @@ import Synchronization
 
 /// A stream the hub writes to the client's channel directly. Writes are queued on the channel's
 /// event loop; a client that leaves more than `capacity` frames unsent has stopped reading.
+/// It writes the parts `RootResponseBodyWriter` writes (hummingbird 2.28.1,
+/// Sources/HummingbirdCore/Response/ResponseWriter.swift), from the hub instead of a task.
 final class ChannelEventStreamSink: EventStreamSink {
     let channel: any Channel
     let capacity: Int

@@ -9,7 +9,8 @@ import NIOHTTPTypesHTTP1
 /// Hummingbird's HTTP/1 server channel, with one difference: a connection whose first request
 /// asks for an event stream is answered by `EventStreamResponder` in the connection's own task,
 /// and when the stream is handed to the hub that task ends. A held stream then costs its socket,
-/// its NIO handlers and the hub's entry, not a suspended task with its async stack.
+/// its NIO handlers and the hub's entry, not a suspended task with its async stack (BENCHMARKS.md,
+/// "Why streams skip the request task").
 struct OrderStatusHTTP1Channel: ServerChildChannel {
     struct Connection: ServerChildChannelValue {
         let channel: any Channel
@@ -20,13 +21,15 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
     let http1: HTTP1Channel
     let eventStreams: EventStreamResponder
 
+    /// Mirrors `HTTP1Channel.setup(channel:logger:)` (hummingbird 2.28.1,
+    /// Sources/HummingbirdCore/Server/HTTP/HTTP1Channel.swift): the same handlers in the same
+    /// order, then the handoff where Hummingbird wraps the channel in a `NIOAsyncChannel`.
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Connection> {
         channel.eventLoop.makeCompletedFuture {
             // Each connection keeps its last read buffer for the next read. A stream reads one
             // request and then nothing, so NIO's 2 KiB first buffer would be a fifth of what a held
             // stream costs; reads that fill a smaller one still grow it.
             try channel.syncOptions?.setOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
-            // The same pipeline as HTTP1Channel.setup, with the handoff last and no async wrapper yet.
             var limits = NIOHTTPDecoderLimitConfiguration()
             limits.maxHeaderFieldSize = http1.configuration.httpDecoder.maxHeaderFieldSize
             limits.maxHeaderListSize = http1.configuration.httpDecoder.maxHeaderListSize
@@ -40,6 +43,7 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
                 withDecoderLimitConfiguration: limits
             )
             try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try pipeline.addHandlers(http1.configuration.additionalChannelHandlers())
             try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: http1.configuration.idleTimeout.map { .init($0) }, logger: logger))
             let firstRequest = channel.eventLoop.makePromise(of: EventStreamHandoff.FirstRequest.self)
             let handoff = EventStreamHandoff(firstRequest: firstRequest)
@@ -48,6 +52,8 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
         }
     }
 
+    /// Any first request but a stream goes to `HTTP1Channel.handle(value:logger:)`, Hummingbird's
+    /// request loop, on the `NIOAsyncChannel` its `setup` would have made.
     func handle(value connection: Connection, logger: Logger) async {
         let channel = connection.channel
         switch try? await connection.firstRequest.get() {
@@ -74,7 +80,8 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
 }
 
 extension HTTPServerBuilder {
-    /// HTTP/1 with event streams that outlive their connection's task (see `OrderStatusHTTP1Channel`).
+    /// HTTP/1 with event streams that outlive their connection's task (see `OrderStatusHTTP1Channel`);
+    /// Hummingbird's `HTTPServerBuilder.http1(configuration:)` otherwise.
     static func orderStatusHTTP1(configuration: HTTP1Channel.Configuration, eventStreams: EventStreamResponder) -> HTTPServerBuilder {
         .init { responder in
             OrderStatusHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: configuration), eventStreams: eventStreams)

@@ -6,6 +6,9 @@ import NIOHTTPTypes
 /// connection is served without Hummingbird's per-connection request loop, so that once the
 /// stream is handed to the hub no task stays parked for it; any other first request is held
 /// until that loop is in place, then passed on with everything after it.
+/// It decides what `HTTPChannelHandler.handleHTTP(asyncChannel:logger:)` (hummingbird 2.28.1,
+/// Sources/HummingbirdCore/Server/HTTP/HTTPChannelHandler.swift) would learn from its first
+/// `iterator.next()`, before that loop exists.
 final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -31,8 +34,6 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
         case closed
     }
 
-    static let streamPathPrefix = "/events/order-status/"
-
     private var state = State.awaitingFirstRequest
     private var context: ChannelHandlerContext?
     /// Let go once completed: a completed future keeps its value, and a held stream should not
@@ -50,9 +51,9 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// A GET of an order's stream. Everything else about it (the id, the headers, the method
-    /// rules of other paths) is left to the router.
+    /// rules of other paths) is left to the router; a HEAD holds no stream, so Hummingbird's loop answers it.
     static func isEventStream(_ head: HTTPRequest) -> Bool {
-        head.method == .get && head.path?.hasPrefix(streamPathPrefix) == true
+        head.method == .get && head.path?.hasPrefix(EventStreamPath.prefix) == true
     }
 
     func handlerAdded(context: ChannelHandlerContext) {

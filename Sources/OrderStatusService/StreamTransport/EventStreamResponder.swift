@@ -10,14 +10,18 @@ import NIOHTTPTypes
 /// The router's middleware runs here too, so the stream's request id and its opening response's
 /// duration and status are recorded as for any other request.
 struct EventStreamResponder: Sendable {
-    let router: RouterResponder<BasicRequestContext>
+    let router: RouterResponder<OrderStatusRequestContext>
     let serverName: String?
 
+    /// Mirrors the responder closure of `ApplicationProtocol.run()` (hummingbird 2.28.1,
+    /// Sources/Hummingbird/Application.swift: request id, context, the 500 fallback, `Date` and
+    /// `Server`) and `ResponseWriter.write(response:body:)` (Sources/HummingbirdCore/Response/ResponseWriter.swift).
     func respond(to head: HTTPRequest, on channel: any Channel, logger: Logger) async {
         var logger = logger
         logger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
         let request = Request(head: head, body: .init(buffer: ByteBuffer()))
-        let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
+        let streamChannel = EventStreamChannel(channel)
+        let context = OrderStatusRequestContext(source: .init(channel: channel, logger: logger), eventStreamAttachment: .channel(streamChannel))
         var response: Response
         do {
             response = try await router.respond(to: request, context: context)
@@ -29,6 +33,7 @@ struct EventStreamResponder: Sendable {
         if let requestID = response.headers[.requestID] { logger[metadataKey: RequestIDs.metadataKey] = .string(requestID) }
         // The stream owns the connection: nothing can follow it on this connection.
         response.headers[.connection] = "close"
+        response.headers[.date] = HTTPDate.now()
         if let serverName { response.headers[.server] = serverName }
         if let length = response.body.contentLength, response.headers[.contentLength] == nil {
             response.headers[.contentLength] = String(length)
@@ -40,20 +45,14 @@ struct EventStreamResponder: Sendable {
         } catch {
             logger.debug("writing an event stream response failed", metadata: ["error": "\(error)"])
         }
-        if !writer.progress.isDetached { channel.close(promise: nil) }
+        if !streamChannel.isHandedToHub { channel.close(promise: nil) }
     }
 }
 
-/// Writes a response body straight to an HTTP/1 channel. `detach` turns the rest of the body
-/// over to the hub: the writer's caller then leaves the connection open.
+/// Writes a response body straight to an HTTP/1 channel, as Hummingbird's `RootResponseBodyWriter`
+/// (Sources/HummingbirdCore/Response/ResponseWriter.swift) writes it to the `NIOAsyncChannel`.
 struct ChannelResponseBodyWriter: ResponseBodyWriter {
-    /// Shared by the copies of the writer that the response body passes around.
-    final class Progress: @unchecked Sendable {
-        var isDetached = false
-    }
-
     let channel: any Channel
-    let progress = Progress()
 
     mutating func write(_ buffer: ByteBuffer) async throws {
         try await channel.writeAndFlush(HTTPResponsePart.body(buffer))
@@ -61,11 +60,5 @@ struct ChannelResponseBodyWriter: ResponseBodyWriter {
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
         try await channel.writeAndFlush(HTTPResponsePart.end(trailingHeaders))
-    }
-
-    /// The rest of this response as a sink the hub writes to; at most `capacity` frames wait unsent.
-    func detach(capacity: Int) -> ChannelEventStreamSink {
-        progress.isDetached = true
-        return ChannelEventStreamSink(channel: channel, capacity: capacity)
     }
 }

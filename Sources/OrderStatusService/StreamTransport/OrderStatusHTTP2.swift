@@ -9,7 +9,9 @@ import NIOSSL
 extension HTTPServerBuilder {
     /// HTTPS: HTTP/2 when the client offers `h2` in ALPN, else HTTP/1.1. Over HTTP/2 a browser
     /// holds all its order streams on one connection instead of stopping at six per host.
-    /// Streams are served by `EventStreamController`'s mailbox path on either protocol.
+    /// Streams are attached by their request's task on either protocol (`EventStreamAttachment.requestTask`).
+    /// Hummingbird's `HTTPServerBuilder.http2Upgrade(tlsConfiguration:configuration:)` (hummingbird
+    /// 2.28.1, Sources/HummingbirdHTTP2/HTTPServerBuilder+http2.swift) with the header filter added.
     static func orderStatusHTTP2(tls: TLSConfiguration, http1: HTTP1Channel.Configuration) -> HTTPServerBuilder {
         var streams = http1
         streams.additionalChannelHandlers = { http1.additionalChannelHandlers() + [HTTP2ConnectionHeaderFilter()] }
@@ -36,7 +38,8 @@ final class HTTP2ConnectionHeaderFilter: ChannelOutboundHandler, RemovableChanne
 
     func handlerAdded(context: ChannelHandlerContext) {
         // Hummingbird puts the extra handlers right after the codec: HTTP/2's frame codec on a
-        // stream channel, the HTTP/1 codec on a fallback connection.
+        // stream channel (`HTTP2StreamChannel.setup`, Sources/HummingbirdHTTP2/HTTP2StreamChannel.swift),
+        // the HTTP/1 codec on a fallback connection (`HTTP1Channel.setup`).
         isHTTP2Stream = (try? context.pipeline.syncOperations.handler(type: HTTP2FramePayloadToHTTPServerCodec.self)) != nil
     }
 

@@ -1,0 +1,22 @@
+import Hummingbird
+
+/// A request context that knows how an event stream it answers reaches the client.
+protocol EventStreamRequestContext: RequestContext {
+    var eventStreamAttachment: EventStreamAttachment { get }
+}
+
+/// Hummingbird's `BasicRequestContext`, plus how an event stream is attached: by its request's task
+/// unless `EventStreamResponder` answers the request outside Hummingbird's loop.
+struct OrderStatusRequestContext: EventStreamRequestContext {
+    var coreContext: CoreRequestContextStorage
+    let eventStreamAttachment: EventStreamAttachment
+
+    init(source: ApplicationRequestContextSource) {
+        self.init(source: source, eventStreamAttachment: .requestTask)
+    }
+
+    init(source: ApplicationRequestContextSource, eventStreamAttachment: EventStreamAttachment) {
+        self.coreContext = .init(source: source)
+        self.eventStreamAttachment = eventStreamAttachment
+    }
+}

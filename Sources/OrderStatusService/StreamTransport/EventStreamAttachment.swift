@@ -1,0 +1,83 @@
+import Hummingbird
+import NIOCore
+import Synchronization
+
+/// How an event stream reaches its client once its replay is written. Either way the hub gets an
+/// `EventStreamSink`; what differs is what waits while the stream is held:
+/// - `channel`: an HTTP/1 connection whose first request is the stream (`OrderStatusHTTP1Channel`).
+///   The hub writes to the channel itself and no task waits.
+/// - `requestTask`: HTTP/2 streams, and streams asked for after other requests on an HTTP/1
+///   connection. The request's task writes what the hub leaves in a mailbox to the response body,
+///   as any Hummingbird streaming response does.
+struct EventStreamAttachment: Sendable {
+    private enum Kind: Sendable {
+        case channel(EventStreamChannel)
+        case requestTask
+    }
+
+    private let kind: Kind
+
+    /// A stream that owns `channel`; `EventStreamResponder` leaves the channel open once it is handed to the hub.
+    static func channel(_ channel: EventStreamChannel) -> Self { Self(kind: .channel(channel)) }
+
+    /// A stream served by Hummingbird's own request loop.
+    static var requestTask: Self { Self(kind: .requestTask) }
+
+    /// Serves the stream of `orderID`: `replay` writes what precedes the live events and returns the
+    /// last event id it wrote, or nil when the stream is already over; then the hub's events follow
+    /// until the order's terminal event, the client leaving, or shutdown. At most `capacity`
+    /// frames wait unsent for a client.
+    func serve(
+        _ orderID: OrderID,
+        from hub: OrderEventHub,
+        capacity: Int,
+        request: Request,
+        writer: inout any ResponseBodyWriter,
+        replay: (inout any ResponseBodyWriter) async throws -> Int64?
+    ) async throws {
+        switch kind {
+        case .channel(let channel):
+            guard let position = try await replay(&writer) else { return try await writer.finish(nil) }
+            let sink = channel.handToHub(capacity: capacity)
+            guard let subscriberID = await hub.subscribe(to: orderID, after: position, sink: sink) else { return sink.finish() }
+            sink.whenClosed { hub.streamDeparted(from: orderID, id: subscriberID) }
+        case .requestTask:
+            let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(capacity))
+            // A client that goes away finishes the mailbox at once, which ends the loop below.
+            try await request.body.consumeWithInboundCloseHandler { _ in
+                guard let position = try await replay(&writer) else { return }
+                guard let subscriberID = await hub.subscribe(to: orderID, after: position, sink: mailbox) else { return }
+                do {
+                    for await frame in frames { try await writer.write(frame) }
+                } catch {
+                    await hub.unsubscribe(from: orderID, id: subscriberID)
+                    throw error
+                }
+                await hub.unsubscribe(from: orderID, id: subscriberID)
+            } onInboundClosed: {
+                mailbox.finish()
+            }
+            try await writer.finish(nil)
+        }
+    }
+}
+
+/// The channel of an HTTP/1 connection whose one request is an event stream, shared by the
+/// responder that answers the request and the attachment that may hand the stream to the hub.
+final class EventStreamChannel: Sendable {
+    private let channel: any Channel
+    private let handedToHub = Atomic<Bool>(false)
+
+    init(_ channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// Whether the hub writes the rest of the stream, so the channel must stay open.
+    var isHandedToHub: Bool { handedToHub.load(ordering: .relaxed) }
+
+    /// The rest of the response as a sink the hub writes to.
+    func handToHub(capacity: Int) -> ChannelEventStreamSink {
+        handedToHub.store(true, ordering: .relaxed)
+        return ChannelEventStreamSink(channel: channel, capacity: capacity)
+    }
+}
