@@ -141,7 +141,10 @@ struct BadInputTests {
             let options = try await service.request(.OPTIONS, "/orders/\(id)/status")
             #expect(options.status == 204)
             #expect(options.headers.first(name: "allow") == "POST, OPTIONS")
-            #expect(try await service.request(.HEAD, "/orders/\(id)").status == 405)
+            // HEAD goes with GET (RFC 9110 §9.3.2): answered, and listed.
+            let head = try await service.request(.HEAD, "/orders/\(id)")
+            #expect(head.status == 200 && head.body.isEmpty)
+            #expect(try await service.request(.OPTIONS, "/orders/\(id)").headers.first(name: "allow") == "GET, HEAD, OPTIONS")
         }
     }
 }

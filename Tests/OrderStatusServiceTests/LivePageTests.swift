@@ -50,11 +50,14 @@ struct LivePageTests {
 
     @Test func otherMethodsAre405WithAllow() async throws {
         try await TestService.with { service in
-            for (method, path) in [(HTTPMethod.POST, "/"), (.DELETE, "/"), (.PUT, "/app.js"), (.POST, "/app.css"), (.HEAD, "/")] {
+            for (method, path) in [(HTTPMethod.POST, "/"), (.DELETE, "/"), (.PUT, "/app.js"), (.POST, "/app.css")] {
                 let response = try await service.request(method, path)
                 #expect(response.status == 405, "\(method) \(path)")
-                #expect(response.headers.first(name: "allow") == "GET, OPTIONS", "\(method) \(path)")
+                #expect(response.headers.first(name: "allow") == "GET, HEAD, OPTIONS", "\(method) \(path)")
             }
+            // HEAD goes with GET (RFC 9110 §9.3.2).
+            let head = try await service.request(.HEAD, "/")
+            #expect(head.status == 200 && head.body.isEmpty)
             #expect(try await service.get("/app.jsx").status == 404)
         }
     }

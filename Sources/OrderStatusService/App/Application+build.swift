@@ -64,7 +64,8 @@ public func buildApplication(
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let router = Router(context: OrderStatusRequestContext.self)
+    // HEAD on every GET route answers as the GET without its body (RFC 9110 §9.3.2).
+    let router = Router(context: OrderStatusRequestContext.self, options: .autoGenerateHeadEndpoints)
     // Outermost, so every response (a CORS preflight, a 404) carries the request id and is timed.
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(metrics: parts.metrics.http))

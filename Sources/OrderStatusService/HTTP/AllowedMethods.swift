@@ -2,15 +2,17 @@ import Hummingbird
 
 extension RouterMethods {
     /// Answers the methods a path does not serve, which Hummingbird would answer 404: 405 with an
-    /// `Allow` header (RFC 9110), and OPTIONS with 204 and the same `Allow`.
+    /// `Allow` header (RFC 9110), and OPTIONS with 204 and the same `Allow`. A path that serves GET
+    /// serves HEAD too: the router answers it from the GET route (`autoGenerateHeadEndpoints`).
     @discardableResult
     func allow(_ methods: [HTTPRequest.Method], on path: RouterPath = "") -> Self {
-        let allowed = methods + [.options]
+        let served = methods.contains(.get) && !methods.contains(.head) ? methods + [.head] : methods
+        let allowed = served + [.options]
         let allowHeader = allowed.map(\.rawValue).joined(separator: ", ")
         for method in [HTTPRequest.Method.get, .head, .post, .put, .patch, .delete, .trace, .options, Self.query] where !allowed.contains(method) || method == .options {
             on(path, method: method) { _, _ -> Response in
                 if method == .options { return Response(status: .noContent, headers: [.allow: allowHeader]) }
-                throw Problem(.methodNotAllowed, "\(method.rawValue) is not allowed here; use \(methods.map(\.rawValue).joined(separator: " or ")).",
+                throw Problem(.methodNotAllowed, "\(method.rawValue) is not allowed here; use \(served.map(\.rawValue).joined(separator: " or ")).",
                               headers: [.allow: allowHeader])
             }
         }

@@ -29,7 +29,9 @@ struct EventStreamController<Context: EventStreamRequestContext> {
     }
 
     func addRoutes(to router: some RouterMethods<Context>) {
-        router.get(EventStreamPath.route, use: stream).allow([.get], on: EventStreamPath.route)
+        // HEAD is routed here rather than generated from the GET: Hummingbird's would answer
+        // `Content-Length: 0`, which a stream's GET never says (RFC 9110 §8.6).
+        router.get(EventStreamPath.route, use: stream).head(EventStreamPath.route, use: stream).allow([.get], on: EventStreamPath.route)
     }
 
     @Sendable func stream(_ request: Request, context: Context) async throws -> Response {
@@ -51,9 +53,17 @@ struct EventStreamController<Context: EventStreamRequestContext> {
         guard await hub.canAcceptStream else {
             throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
         }
+        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no"]
+        // HEAD (RFC 9110 §9.3.2): the same answer without the stream, so nothing subscribes. It
+        // leaves the connection free for another request, so it does not say `Connection: close`.
+        if request.method == .head {
+            var response = Response(status: .ok, headers: headers)
+            response.headers[.contentLength] = nil
+            return response
+        }
         // Watching for the client's close takes over the connection's input, so it cannot carry
         // another request afterwards: say so, or a client may reuse it and fail.
-        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no", .connection: "close"]
+        headers[.connection] = "close"
         return Response(status: .ok, headers: headers, body: ResponseBody { [attachment = context.eventStreamAttachment] writer in
             try await attachment.serve(id, from: hub, capacity: bufferCapacity, request: request, writer: &writer) { writer in
                 try await writeReplay(of: id, replay: replay, after: position, to: &writer)
