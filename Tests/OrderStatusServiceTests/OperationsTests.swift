@@ -54,6 +54,60 @@ struct OperationsTests {
         }
     }
 
+    /// The place under MAX_STREAMS is taken in one step at admission, before the replay's read, so a
+    /// burst cannot overshoot the cap; and it is held until the client's connection is gone.
+    @Test func aBurstOfOpensHoldsExactlyTheStreamCap() async throws {
+        try await TestService.with(settings: ["MAX_STREAMS": "50"]) { service in
+            let id = uniqueOrderID("C")
+            try await service.createOrder(id)
+            let outcomes = try await withThrowingTaskGroup(of: (Int, SSEConnection?).self) { group in
+                for _ in 0..<200 {
+                    group.addTask {
+                        let stream = try await SSEConnection.open(service, orderID: id)
+                        if stream.status != 200 { stream.close() }
+                        return (stream.status, stream.status == 200 ? stream : nil)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(outcomes.filter { $0.0 == 200 }.count == 50, "\(outcomes.map(\.0))")
+            #expect(outcomes.filter { $0.0 == 503 }.count == 150)
+            #expect(try await service.metric("order_status_open_streams") == 50)
+            for case (_, let stream?) in outcomes { stream.close() }
+            try await eventually("every place given back") { try await service.metric("order_status_open_streams") == 0 }
+        }
+    }
+
+    /// A held poll whose client leaves gives its place back at once, not at its timeout: one
+    /// client opening and dropping polls cannot fill MAX_POLLS.
+    @Test func aPollWhoseClientLeftGivesItsPlaceBack() async throws {
+        try await TestService.with(settings: ["MAX_POLLS": "3"]) { service in
+            let id = uniqueOrderID("L")
+            try await service.createOrder(id)
+            let first = try await service.eventIDs(of: id)[0]
+            var dropped: [RawConnection] = []
+            for _ in 0..<3 {
+                let connection = try await RawConnection.open(port: service.port)
+                try await connection.send("GET /orders/\(id)/status/poll?after=\(first)&timeout=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+                dropped.append(connection)
+            }
+            try await eventually("three held polls") { try await service.metric("order_status_held_polls") == 3 }
+            #expect(try await service.get("/orders/\(id)/status/poll?after=\(first)&timeout=1").status == 503)
+            let clock = ContinuousClock()
+            let leaving = clock.now
+            dropped.removeAll()
+            try await eventually("the places given back", within: .seconds(5)) { try await service.metric("order_status_held_polls") == 0 }
+            #expect(clock.now - leaving < .seconds(5))
+            #expect(try await service.get("/orders/\(id)/status/poll?after=\(first)&timeout=1").status == 200)
+            // A poll that is answered leaves its connection open for the next request.
+            let kept = try await RawConnection.open(port: service.port)
+            for _ in 0..<2 {
+                try await kept.send("GET /orders/\(id)/status/poll?after=\(first)&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+                #expect(try await kept.read(through: "\"terminal\":false}", within: .seconds(5)).hasPrefix("HTTP/1.1 200"))
+            }
+        }
+    }
+
     @Test func idleConnectionsAreClosedAndOversizedHeadersRefused() async throws {
         try await TestService.with(settings: ["REQUEST_IDLE_TIMEOUT_SECONDS": "1"]) { service in
             // Without the 1 s idle timeout the server would keep this connection for a minute.

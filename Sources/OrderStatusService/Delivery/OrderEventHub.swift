@@ -87,8 +87,9 @@ public actor OrderEventHub: Service {
     private let clock = ContinuousClock()
     private var orders: [OrderID: OrderSubscribers] = [:]
     private var nextSubscriberID = 0
-    private var streamCount = 0
-    private var pollCount = 0
+    /// MAX_STREAMS and MAX_POLLS: places taken at admission and held until the client is gone.
+    private nonisolated let streamPlaces: AdmissionLimit
+    private nonisolated let pollPlaces: AdmissionLimit
     private var isShuttingDown = false
     /// What the hub's run loop acts on: reads to start, and streams whose clients left.
     private enum Work {
@@ -103,6 +104,8 @@ public actor OrderEventHub: Service {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
+        self.streamPlaces = AdmissionLimit(maximum: configuration.maximumStreams, gauge: metrics.openStreams)
+        self.pollPlaces = AdmissionLimit(maximum: configuration.maximumPolls, gauge: metrics.heldPolls)
         (self.inbox, self.inboxSource) = AsyncStream.makeStream()
     }
 
@@ -131,8 +134,13 @@ public actor OrderEventHub: Service {
 
     // MARK: Admission
 
-    public var canAcceptStream: Bool { !isShuttingDown && streamCount < configuration.maximumStreams }
-    public var canAcceptPoll: Bool { !isShuttingDown && pollCount < configuration.maximumPolls }
+    /// A place for a stream, or nil past MAX_STREAMS or during shutdown. Take it before any work
+    /// for the request and keep it until the stream's transport is gone: it counts in
+    /// `order_status_open_streams` from admission, replay included, to the connection's end.
+    public nonisolated func admitStream() -> AdmissionSlot? { streamPlaces.take() }
+
+    /// A place for a held poll, or nil past MAX_POLLS or during shutdown; held until the poll answers or its client leaves.
+    public nonisolated func admitPoll() -> AdmissionSlot? { pollPlaces.take() }
 
     // MARK: Streams
 
@@ -144,16 +152,12 @@ public actor OrderEventHub: Service {
         let entry = entry(for: orderID)
         entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now)
         perform(entry.delivery.subscribed(after: position), for: orderID, entry)
-        streamCount += 1
-        metrics.openStreams.record(streamCount)
         return id
     }
 
     public func unsubscribe(from orderID: OrderID, id: Int) {
         guard let entry = orders[orderID], let subscriber = entry.streams.removeValue(forKey: id) else { return }
         subscriber.sink.finish()
-        streamCount -= 1
-        metrics.openStreams.record(streamCount)
         removeIfEmpty(orderID, entry)
     }
 
@@ -172,16 +176,12 @@ public actor OrderEventHub: Service {
         let entry = entry(for: orderID)
         entry.polls[id] = PollSubscriber(position: position, mailbox: mailbox)
         perform(entry.delivery.subscribed(after: position), for: orderID, entry)
-        pollCount += 1
-        metrics.heldPolls.record(pollCount)
         return id
     }
 
     public func releasePoll(on orderID: OrderID, id: Int) {
         guard let entry = orders[orderID], let poll = entry.polls.removeValue(forKey: id) else { return }
         poll.mailbox.finish()
-        pollCount -= 1
-        metrics.heldPolls.record(pollCount)
         removeIfEmpty(orderID, entry)
     }
 
@@ -323,6 +323,8 @@ public actor OrderEventHub: Service {
     /// spread. New subscribers are refused from the start.
     private func closeAllSubscribers() async {
         isShuttingDown = true
+        streamPlaces.refuseNew()
+        pollPlaces.refuseNew()
         // Reads still under way deliver nothing: the clients resume with Last-Event-ID elsewhere.
         for entry in orders.values { entry.delivery.close() }
         for (orderID, entry) in orders {

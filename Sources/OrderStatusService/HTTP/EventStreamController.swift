@@ -37,6 +37,12 @@ struct EventStreamController<Context: EventStreamRequestContext> {
     @Sendable func stream(_ request: Request, context: Context) async throws -> Response {
         let lastEventID = try RequestParsing.lastEventID(request)
         let id = try RequestParsing.orderID(context)
+        // The place is taken before the database is read, so a burst past MAX_STREAMS is refused
+        // whole and costs no replay. A HEAD subscribes to nothing and needs none.
+        let slot = request.method == .head ? nil : hub.admitStream()
+        guard request.method == .head || slot != nil else {
+            throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
+        }
         let replay: [OrderEvent]
         let position: Int64
         if let lastEventID {
@@ -50,9 +56,6 @@ struct EventStreamController<Context: EventStreamRequestContext> {
             guard let latest = try await store.latestEvent(of: id) else { throw Problem.orderNotFound(id.rawValue) }
             (replay, position) = ([latest], latest.id - 1)
         }
-        guard await hub.canAcceptStream else {
-            throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
-        }
         var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no"]
         // HEAD (RFC 9110 §9.3.2): the same answer without the stream, so nothing subscribes. It
         // leaves the connection free for another request, so it does not say `Connection: close`.
@@ -64,8 +67,8 @@ struct EventStreamController<Context: EventStreamRequestContext> {
         // Watching for the client's close takes over the connection's input, so it cannot carry
         // another request afterwards: say so, or a client may reuse it and fail.
         headers[.connection] = "close"
-        return Response(status: .ok, headers: headers, body: ResponseBody { [attachment = context.eventStreamAttachment] writer in
-            try await attachment.serve(id, from: hub, capacity: bufferCapacity, request: request, writer: &writer) { writer in
+        return Response(status: .ok, headers: headers, body: ResponseBody { [attachment = context.eventStreamAttachment, slot] writer in
+            try await attachment.serve(id, from: hub, holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
                 try await writeReplay(of: id, replay: replay, after: position, to: &writer)
             }
         })

@@ -3,7 +3,7 @@ import NIOCore
 
 /// `GET /orders/{id}/status/poll`: answers at once when there is news, else holds the request on
 /// the hub (no database polling) until an event commits or the timeout passes.
-struct LongPollController<Context: RequestContext> {
+struct LongPollController<Context: EventStreamRequestContext> {
     let store: OrderStore
     let hub: OrderEventHub
 
@@ -28,17 +28,18 @@ struct LongPollController<Context: RequestContext> {
         if page.orderStatus.isTerminal || timeout == 0 {
             return body(id, events: [], lastEventID: after, terminal: page.orderStatus.isTerminal)
         }
-        guard await hub.canAcceptPoll else {
+        guard let slot = hub.admitPoll() else {
             throw Problem.unavailable("This instance holds as many polls as it may; retry shortly.", retryAfterSeconds: 2)
         }
-        // No watch for the client's close here: it would cost the connection's keep-alive, which
-        // pollers reuse for their next poll. A departed poller's slot frees at its timeout.
-        let events = await wait(on: id, after: after, timeout: .seconds(timeout))
+        let events = await wait(on: id, after: after, timeout: .seconds(timeout), channel: context.channel)
+        // The place under MAX_POLLS is given back here, once the poll has its answer or its client left.
+        withExtendedLifetime(slot) {}
         return body(id, events: events.map(\.json), lastEventID: events.last?.id ?? after, terminal: events.last?.isTerminal ?? false)
     }
 
-    /// The first events after `after`, or none when the timeout passes or the client leaves.
-    private func wait(on id: OrderID, after: Int64, timeout: Duration) async -> [EncodedEvent] {
+    /// The first events after `after`, or none when the timeout passes or the client leaves: its
+    /// connection's close, watched without reading it, so the connection can carry the next poll.
+    private func wait(on id: OrderID, after: Int64, timeout: Duration, channel: any Channel) async -> [EncodedEvent] {
         let (batches, mailbox) = OrderEventHub.PollMailbox.makeStream()
         guard let pollID = await hub.holdPoll(on: id, after: after, mailbox: mailbox) else { return [] }
         let events = await withTaskGroup(of: [EncodedEvent].self) { group in
@@ -48,6 +49,10 @@ struct LongPollController<Context: RequestContext> {
             }
             group.addTask {
                 try? await Task.sleep(for: timeout)
+                return []
+            }
+            group.addTask {
+                await ConnectionCloseWatch.untilClosed(channel)
                 return []
             }
             let first = await group.next() ?? []

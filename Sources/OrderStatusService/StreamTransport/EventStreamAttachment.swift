@@ -26,10 +26,12 @@ struct EventStreamAttachment: Sendable {
     /// Serves the stream of `orderID`: `replay` writes what precedes the live events and returns the
     /// last event id it wrote, or nil when the stream is already over; then the hub's events follow
     /// until the order's terminal event, the client leaving, or shutdown. At most `capacity`
-    /// frames wait unsent for a client.
+    /// frames wait unsent for a client. `slot`, the stream's place under MAX_STREAMS, is kept
+    /// until the stream's transport is gone.
     func serve(
         _ orderID: OrderID,
         from hub: OrderEventHub,
+        holding slot: AdmissionSlot?,
         capacity: Int,
         request: Request,
         writer: inout any ResponseBodyWriter,
@@ -40,7 +42,9 @@ struct EventStreamAttachment: Sendable {
             guard let position = try await replay(&writer) else { return try await writer.finish(nil) }
             let sink = channel.handToHub(capacity: capacity)
             guard let subscriberID = await hub.subscribe(to: orderID, after: position, sink: sink) else { return sink.finish() }
-            sink.whenClosed { hub.streamDeparted(from: orderID, id: subscriberID) }
+            sink.whenClosed {
+                withExtendedLifetime(slot) { hub.streamDeparted(from: orderID, id: subscriberID) }
+            }
         case .requestTask:
             let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(capacity))
             // A client that goes away finishes the mailbox at once, which ends the loop below.
@@ -58,6 +62,7 @@ struct EventStreamAttachment: Sendable {
                 mailbox.finish()
             }
             try await writer.finish(nil)
+            withExtendedLifetime(slot) {}
         }
     }
 }
