@@ -217,6 +217,28 @@ struct AuthorizationTests {
         try? FileManager.default.removeItem(atPath: folder)
     }
 
+    /// With AUTH_MAX_TOKEN_LIFETIME_SECONDS, a token living longer (iat to exp, or now to exp
+    /// without iat) is refused, however valid otherwise.
+    @Test func tokensLivingLongerThanTheMaximumAre401() async throws {
+        let hmac = JWTKeyCollection()
+        await hmac.add(hmac: HMACKey(from: Self.secret), digestAlgorithm: .sha256)
+        @Sendable func signed(_ claims: String) async throws -> String {
+            let input = Self.base64URL(Data(#"{"alg":"HS256","typ":"JWT"}"#.utf8)) + "." + Self.base64URL(Data(claims.utf8))
+            return input + "." + Self.base64URL(Data(try await hmac.getKey().sign(Array(input.utf8))))
+        }
+        let now = Int(Date().timeIntervalSince1970)
+        try await TestService.with(settings: Self.hs256.merging(["AUTH_MAX_TOKEN_LIFETIME_SECONDS": "3600"]) { $1 }) { service in
+            let id = try await createOrder(service, token: try await signed(#"{"iat":\#(now),"exp":\#(now + 3600),"scope":"orders:write"}"#))
+            let long = try await signed(#"{"iat":\#(now),"exp":\#(now + 7200),"scope":"orders:read"}"#)
+            let problem = try expectProblem(try await service.get("/orders/\(id)", headers: bearer(long)), 401, "two hours against one")
+            #expect((problem["detail"] as? String)?.contains("longer") == true)
+            let noIssuedAt = try await signed(#"{"exp":\#(now + 86_400),"scope":"orders:read"}"#)
+            try expectProblem(try await service.get("/orders/\(id)", headers: bearer(noIssuedAt)), 401, "a day from now, no iat")
+            let fine = try await signed(#"{"exp":\#(now + 600),"scope":"orders:read"}"#)
+            #expect(try await service.get("/orders/\(id)", headers: bearer(fine)).status == 200)
+        }
+    }
+
     @Test func malformedAuthorizationHeadersAre401() async throws {
         try await TestService.with(settings: Self.hs256) { service in
             let id = try await createOrder(service, token: try await token(scope: "orders:write"))

@@ -74,6 +74,7 @@ public struct Setting: Sendable, Hashable {
         Setting("AUTH_JWKS_FILE", "a JWKS file of RSA or EC public keys; turns authorization on"),
         Setting("AUTH_ISSUER", "when set, a token's iss must equal it"),
         Setting("AUTH_AUDIENCE", "when set, a token's aud must include it"),
+        Setting("AUTH_MAX_TOKEN_LIFETIME_SECONDS", "when set, a token may live at most this long, from its iat (or from now) to its exp"),
         Setting("AUTH_ALLOW_QUERY_TOKEN", default: "false", "true to accept ?access_token= on the read routes"),
     ]
 }

@@ -9,6 +9,7 @@ public enum TokenRejection: Error, Equatable, Sendable {
     case noExpiry
     case expired
     case notYetValid
+    case livesTooLong
     case wrongIssuer
     case wrongAudience
 
@@ -20,6 +21,7 @@ public enum TokenRejection: Error, Equatable, Sendable {
         case .noExpiry: "The bearer token has no exp claim; tokens must expire."
         case .expired: "The bearer token has expired."
         case .notYetValid: "The bearer token is not valid yet (nbf)."
+        case .livesTooLong: "The bearer token lives longer (iat to exp) than this service accepts."
         case .wrongIssuer: "The bearer token's issuer (iss) is not the one this service trusts."
         case .wrongAudience: "The bearer token's audience (aud) does not include this service."
         }
@@ -90,6 +92,7 @@ public struct TokenVerifier: Sendable {
         guard let expiry = claims.exp?.value else { throw .noExpiry }
         guard now.timeIntervalSince(expiry) <= Self.leeway else { throw .expired }
         if let notBefore = claims.nbf?.value, notBefore.timeIntervalSince(now) > Self.leeway { throw .notYetValid }
+        if let maximum = settings.maximumLifetime, expiry.timeIntervalSince(claims.iat?.value ?? now) > maximum + Self.leeway { throw .livesTooLong }
         if let issuer = settings.issuer, claims.iss?.value != issuer { throw .wrongIssuer }
         if let audience = settings.audience, !(claims.aud?.value ?? []).contains(audience) { throw .wrongAudience }
     }
