@@ -63,9 +63,19 @@ func say(_ line: String) {
     fflush(nil)
 }
 
-/// One line of the final table, prefixed so the bench script can collect it.
-func result(_ scenario: String, _ figures: KeyValuePairs<String, String>) {
-    say("RESULT \(scenario) " + figures.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+/// One line of the final table, prefixed so the bench script can collect it: the scenario's own
+/// figures, then the delivery check's counts and the latency percentiles when it has them.
+func result(_ scenario: String, _ figures: KeyValuePairs<String, String>, check: DeliveryCheck? = nil, latency: LatencySummary? = nil) {
+    var fields = figures.map { ($0.key, $0.value) }
+    if let check {
+        fields += [("expected", "\(check.expected)"), ("delivered", "\(check.delivered)"), ("lost", "\(check.lost)"),
+                   ("duplicated", "\(check.duplicated)"), ("reordered", "\(check.reordered)")]
+    }
+    if let latency {
+        fields += [("p50_ms", latency.milliseconds(0.5)), ("p90_ms", latency.milliseconds(0.9)), ("p99_ms", latency.milliseconds(0.99)),
+                   ("p999_ms", latency.milliseconds(0.999)), ("max_ms", latency.maximum)]
+    }
+    say("RESULT \(scenario) " + fields.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
 }
 
 extension ServiceClient {

@@ -52,13 +52,7 @@ struct FanoutBench: AsyncParsableCommand {
         say("fanout: \(check.text)")
         say("fanout: POST-to-receipt \(summary.text) over \(latencies.count) deliveries")
         say("fanout: POST round trip \(LatencySummary(nanoseconds: postLatencies).text)")
-        result("fanout", [
-            "subscribers": "\(subscribers)", "orders": "\(orders)", "rate": "\(rate)",
-            "expected": "\(check.expected)", "delivered": "\(check.delivered)", "lost": "\(check.lost)",
-            "duplicated": "\(check.duplicated)", "reordered": "\(check.reordered)",
-            "p50_ms": summary.milliseconds(0.5), "p90_ms": summary.milliseconds(0.9), "p99_ms": summary.milliseconds(0.99),
-            "p999_ms": summary.milliseconds(0.999), "max_ms": summary.maximum,
-        ])
+        result("fanout", ["subscribers": "\(subscribers)", "orders": "\(orders)", "rate": "\(rate)"], check: check, latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()
         if !check.isExact { throw ExitCode.failure }

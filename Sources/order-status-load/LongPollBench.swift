@@ -63,13 +63,7 @@ struct LongPollBench: AsyncParsableCommand {
         say("longpoll: \(check.text)")
         say("longpoll: change-to-answer \(summary.text) over \(latencies.count) deliveries")
         say("longpoll: POST round trip \(LatencySummary(nanoseconds: postLatencies).text)")
-        result("longpoll", [
-            "clients": "\(clients)", "orders": "\(orders * generations)", "rate": "\(rate)",
-            "expected": "\(check.expected)", "delivered": "\(check.delivered)", "lost": "\(check.lost)",
-            "duplicated": "\(check.duplicated)", "reordered": "\(check.reordered)",
-            "p50_ms": summary.milliseconds(0.5), "p90_ms": summary.milliseconds(0.9), "p99_ms": summary.milliseconds(0.99),
-            "p999_ms": summary.milliseconds(0.999), "max_ms": summary.maximum,
-        ])
+        result("longpoll", ["clients": "\(clients)", "orders": "\(orders * generations)", "rate": "\(rate)"], check: check, latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()
         if !check.isExact { throw ExitCode.failure }

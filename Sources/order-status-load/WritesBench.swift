@@ -50,9 +50,7 @@ struct WritesBench: AsyncParsableCommand {
         result("writes", [
             "writers": "\(writers)", "changes": "\(latencies.count)", "changes_per_s": String(format: "%.0f", rate),
             "server_cpu_us": serverCPU, "postgres_cpu_us": databaseCPU, "generator_cpu_us": generatorCPU,
-            "p50_ms": summary.milliseconds(0.5), "p90_ms": summary.milliseconds(0.9), "p99_ms": summary.milliseconds(0.99),
-            "p999_ms": summary.milliseconds(0.999), "max_ms": summary.maximum,
-        ])
+        ], latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()
     }

@@ -147,12 +147,7 @@ public actor OrderEventHub: Service {
     /// Registers a stream that has already written every event of the order up to `position`.
     /// Returns nil when the hub is shutting down; the caller then ends the stream.
     public func subscribe(to orderID: OrderID, after position: Int64, sink: any EventStreamSink) -> Int? {
-        guard !isShuttingDown else { return nil }
-        let id = makeSubscriberID()
-        let entry = entry(for: orderID)
-        entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now)
-        perform(entry.delivery.subscribed(after: position), for: orderID, entry)
-        return id
+        register(on: orderID, after: position) { entry, id in entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now) }
     }
 
     public func unsubscribe(from orderID: OrderID, id: Int) {
@@ -171,12 +166,7 @@ public actor OrderEventHub: Service {
     /// Registers a held poll that wants the order's first events after `position`. The hub yields
     /// one batch to the mailbox and finishes it. Returns nil when the hub is shutting down.
     public func holdPoll(on orderID: OrderID, after position: Int64, mailbox: PollMailbox.Continuation) -> Int? {
-        guard !isShuttingDown else { return nil }
-        let id = makeSubscriberID()
-        let entry = entry(for: orderID)
-        entry.polls[id] = PollSubscriber(position: position, mailbox: mailbox)
-        perform(entry.delivery.subscribed(after: position), for: orderID, entry)
-        return id
+        register(on: orderID, after: position) { entry, id in entry.polls[id] = PollSubscriber(position: position, mailbox: mailbox) }
     }
 
     public func releasePoll(on orderID: OrderID, id: Int) {
@@ -202,6 +192,16 @@ public actor OrderEventHub: Service {
     }
 
     // MARK: Internals
+
+    /// Adds a subscriber at `position` to the order's entry and tells its delivery rules; nil during shutdown.
+    private func register(on orderID: OrderID, after position: Int64, _ add: (OrderSubscribers, Int) -> Void) -> Int? {
+        guard !isShuttingDown else { return nil }
+        let id = makeSubscriberID()
+        let entry = entry(for: orderID)
+        add(entry, id)
+        perform(entry.delivery.subscribed(after: position), for: orderID, entry)
+        return id
+    }
 
     private func makeSubscriberID() -> Int {
         nextSubscriberID += 1
