@@ -39,21 +39,24 @@ struct StoreTests {
                 let connection = try await PostgresConnection.connect(
                     configuration: try DatabaseURL(TestDatabase.url).connectionConfiguration(), id: 7, logger: testLogger)
                 do {
-                    let notifications = try await connection.listen(try await store.notificationChannel())
-                    _ = try await store.create(NewOrder(id: id))
-                    for (index, json) in metadata.enumerated() {
-                        let status: OrderStatus = [.paid, .processing, .shipped][index]
-                        _ = try await store.changeStatus(of: id, to: StatusChange(status: status, metadata: try json.flatMap(Self.metadata)), allowedVersions: nil)
-                    }
-                    var changes: [ChangeNotification] = []
-                    for try await notification in notifications {
-                        // Other tests send malformed payloads of their own orders on the same channel.
-                        guard let change = ChangeNotification(payload: notification.payload) else {
-                            if notification.payload.contains(id.rawValue) { throw TestFailure("unparsed payload \(notification.payload)") }
-                            continue
+                    let changes = try await connection.listen(on: try await store.notificationChannel()) { notifications in
+                        _ = try await store.create(NewOrder(id: id))
+                        for (index, json) in metadata.enumerated() {
+                            let status: OrderStatus = [.paid, .processing, .shipped][index]
+                            _ = try await store.changeStatus(
+                                of: id, to: StatusChange(status: status, metadata: try json.flatMap(Self.metadata)), allowedVersions: nil)
                         }
-                        if change.orderID == id { changes.append(change) }
-                        if changes.count == 4 { break }
+                        var changes: [ChangeNotification] = []
+                        for try await notification in notifications {
+                            // Other tests send malformed payloads of their own orders on the same channel.
+                            guard let change = ChangeNotification(payload: notification.payload) else {
+                                if notification.payload.contains(id.rawValue) { throw TestFailure("unparsed payload \(notification.payload)") }
+                                continue
+                            }
+                            if change.orderID == id { changes.append(change) }
+                            if changes.count == 4 { break }
+                        }
+                        return changes
                     }
                     try await connection.close()
                     return changes
