@@ -223,9 +223,13 @@ final class RawConnection: @unchecked Sendable {
 
     private init(fd: Int32) { self.fd = fd }
 
-    static func open(port: Int) async throws -> RawConnection {
+    /// `receiveBuffer` sets SO_RCVBUF before connecting, for a client whose kernel holds little of what it does not read.
+    static func open(port: Int, receiveBuffer: Int32? = nil) async throws -> RawConnection {
         try await offThePool {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            if var size = receiveBuffer {
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_addr.s_addr = inet_addr("127.0.0.1")

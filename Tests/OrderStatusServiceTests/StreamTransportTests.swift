@@ -54,7 +54,8 @@ struct StreamTransportTests {
             router: router,
             server: .orderStatusHTTP1(
                 configuration: .init(additionalChannelHandlers: [ResponseStamp()]),
-                eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: nil)
+                eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: nil),
+                bounds: .init(requestReadTimeout: .seconds(10), writeStallTimeout: .seconds(30))
             ),
             configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { channel in

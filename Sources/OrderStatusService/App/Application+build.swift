@@ -97,7 +97,11 @@ public func buildApplication(
         router: router,
         // With a certificate and key, HTTPS with HTTP/2 so a browser multiplexes its streams.
         server: settings.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1) }
-            ?? .orderStatusHTTP1(configuration: http1, eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName)),
+            ?? .orderStatusHTTP1(
+                configuration: http1,
+                eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName),
+                bounds: .init(requestReadTimeout: .init(settings.requestReadTimeout), writeStallTimeout: .init(settings.streamStallTimeout))
+            ),
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: serverName),
         onServerRunning: onServerRunning,
         logger: logger

@@ -23,6 +23,10 @@ public struct ServiceSettings: Sendable {
     public var sseRetryJitterPercent: Int
     public var shutdownSpread: Duration
     public var requestIdleTimeout: Duration
+    /// Bound on receiving one whole request, from its first byte to its end.
+    public var requestReadTimeout: Duration
+    /// Bound on an HTTP/1 connection's writes making no progress.
+    public var streamStallTimeout: Duration
     public var corsAllowedOrigins: [String]
     public var listenerPingInterval: Duration
     public var listenerPingTimeout: Duration
@@ -70,6 +74,8 @@ public struct ServiceSettings: Sendable {
             throw ConfigurationError("SHUTDOWN_SPREAD_SECONDS must be shorter than SHUTDOWN_TIMEOUT_SECONDS")
         }
         requestIdleTimeout = try source.seconds("REQUEST_IDLE_TIMEOUT_SECONDS")
+        requestReadTimeout = try source.seconds("REQUEST_READ_TIMEOUT_SECONDS")
+        streamStallTimeout = try source.seconds("STREAM_STALL_TIMEOUT_SECONDS")
         corsAllowedOrigins = (source.text("CORS_ALLOWED_ORIGINS") ?? "").split(separator: ",")
             .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         streamBufferFrames = try source.integer("STREAM_BUFFER_FRAMES", in: 1...1_000_000)

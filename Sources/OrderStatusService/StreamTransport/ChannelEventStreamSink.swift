@@ -7,6 +7,9 @@ import Synchronization
 /// It writes the parts `RootResponseBodyWriter` writes (hummingbird 2.28.1,
 /// Sources/HummingbirdCore/Response/ResponseWriter.swift), from the hub instead of a task.
 final class ChannelEventStreamSink: EventStreamSink {
+    /// SO_SNDBUF of a stream's socket once the hub writes to it.
+    static let socketSendBuffer: SocketOptionValue = 4 * 1024
+
     let channel: any Channel
     let capacity: Int
     /// Frames handed to the channel and not yet written to the socket.
@@ -21,6 +24,8 @@ final class ChannelEventStreamSink: EventStreamSink {
         guard channel.isActive else { return .closed }
         guard unsent.add(1, ordering: .relaxed).newValue <= capacity else {
             unsent.subtract(1, ordering: .relaxed)
+            // Closed now, not after an end it would never read: the stream ends on the wire when the hub drops it.
+            channel.close(promise: nil)
             return .stalled
         }
         // One hop to the channel's event loop for the write and its completion callback: made

@@ -83,6 +83,10 @@ final class EventStreamChannel: Sendable {
     /// The rest of the response as a sink the hub writes to.
     func handToHub(capacity: Int) -> ChannelEventStreamSink {
         handedToHub.store(true, ordering: .relaxed)
+        // The kernel's send buffer grows to megabytes, which a client that stops reading fills with
+        // years of heartbeats before a write waits (`WriteStallWatchdog`); a live stream's frames
+        // are small, so a few KiB keep it flowing. Linux doubles the value given.
+        channel.setOption(.socketOption(.so_sndbuf), value: ChannelEventStreamSink.socketSendBuffer).whenFailure { _ in }
         return ChannelEventStreamSink(channel: channel, capacity: capacity)
     }
 }

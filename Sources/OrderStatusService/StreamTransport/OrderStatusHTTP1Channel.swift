@@ -18,12 +18,23 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
         let firstRequest: EventLoopFuture<EventStreamHandoff.FirstRequest>
     }
 
+    /// Bounds on a peer that sends or reads too slowly (docs/operations.md, "Hostile clients").
+    struct PeerBounds: Sendable {
+        /// From a request's first byte to its end.
+        var requestReadTimeout: TimeAmount
+        /// Writes waiting on the socket with none completing.
+        var writeStallTimeout: TimeAmount
+    }
+
     let http1: HTTP1Channel
     let eventStreams: EventStreamResponder
+    let bounds: PeerBounds
 
     /// Mirrors `HTTP1Channel.setup(channel:logger:)` (hummingbird 2.28.1,
     /// Sources/HummingbirdCore/Server/HTTP/HTTP1Channel.swift): the same handlers in the same
-    /// order, then the handoff where Hummingbird wraps the channel in a `NIOAsyncChannel`.
+    /// order, then the handoff where Hummingbird wraps the channel in a `NIOAsyncChannel`. Ours
+    /// around them: the two bounds on a slow peer, the problem answer to a request the parser
+    /// refuses (Hummingbird's loop would write a bare 400), and HTTP/1.0 framing.
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Connection> {
         channel.eventLoop.makeCompletedFuture {
             // Each connection keeps its last read buffer for the next read. A stream reads one
@@ -42,7 +53,12 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
                 withEncoderConfiguration: .init(),
                 withDecoderLimitConfiguration: limits
             )
+            let readDeadline = RequestReadDeadline(timeout: bounds.requestReadTimeout)
+            try pipeline.addHandlers([WriteStallWatchdog(timeout: bounds.writeStallTimeout), readDeadline.bytes], position: .first)
+            try pipeline.addHandler(ParserRefusalResponder(serverName: eventStreams.serverName))
+            try pipeline.addHandler(HTTP10ResponseFraming())
             try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try pipeline.addHandler(readDeadline.parts)
             try pipeline.addHandlers(http1.configuration.additionalChannelHandlers())
             try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: http1.configuration.idleTimeout.map { .init($0) }, logger: logger))
             let firstRequest = channel.eventLoop.makePromise(of: EventStreamHandoff.FirstRequest.self)
@@ -82,9 +98,9 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
 extension HTTPServerBuilder {
     /// HTTP/1 with event streams that outlive their connection's task (see `OrderStatusHTTP1Channel`);
     /// Hummingbird's `HTTPServerBuilder.http1(configuration:)` otherwise.
-    static func orderStatusHTTP1(configuration: HTTP1Channel.Configuration, eventStreams: EventStreamResponder) -> HTTPServerBuilder {
+    static func orderStatusHTTP1(configuration: HTTP1Channel.Configuration, eventStreams: EventStreamResponder, bounds: OrderStatusHTTP1Channel.PeerBounds) -> HTTPServerBuilder {
         .init { responder in
-            OrderStatusHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: configuration), eventStreams: eventStreams)
+            OrderStatusHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: configuration), eventStreams: eventStreams, bounds: bounds)
         }
     }
 }
