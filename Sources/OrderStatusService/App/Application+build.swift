@@ -92,11 +92,15 @@ public func buildApplication(
         idleTimeout: .nanoseconds(Int64(settings.requestIdleTimeout / .nanoseconds(1))),
         httpDecoderConfiguration: .init(maxHeaderFieldSize: 8 * 1024, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
     )
+    let httpsBounds = HTTPSBounds(
+        tlsHandshakeTimeout: .nanoseconds(Int64(settings.tlsHandshakeTimeout / .nanoseconds(1))),
+        stallTimeout: .nanoseconds(Int64(settings.streamStallTimeout / .nanoseconds(1)))
+    )
     let serverName = "order-status"
     var app = Application(
         router: router,
         // With a certificate and key, HTTPS with HTTP/2 so a browser multiplexes its streams.
-        server: settings.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1) }
+        server: settings.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1, bounds: httpsBounds) }
             ?? .orderStatusHTTP1(
                 configuration: http1,
                 eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName),

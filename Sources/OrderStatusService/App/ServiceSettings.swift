@@ -37,6 +37,10 @@ public struct ServiceSettings: Sendable {
     /// HTTPS with HTTP/2 (ALPN h2, else HTTP/1.1) when a certificate and key are configured; nil
     /// serves plain HTTP/1.1.
     public var tls: TLSConfiguration?
+    /// Bound on a TLS handshake: a peer that sends no ClientHello is closed after it.
+    public var tlsHandshakeTimeout: Duration
+    /// Bound on writes that make no progress (a client that stops reading or grants no window).
+    public var streamStallTimeout: Duration
     /// The settings given by flag or environment variable, each `value (flag)` or
     /// `value (environment)` with secrets redacted: for the startup log.
     public var given: Logger.Metadata
@@ -96,6 +100,8 @@ public struct ServiceSettings: Sendable {
         }
         logFormat = parsedFormat
         tls = try ServerTLS.read(from: source)
+        tlsHandshakeTimeout = try source.seconds("TLS_HANDSHAKE_TIMEOUT_SECONDS")
+        streamStallTimeout = try source.seconds("STREAM_STALL_TIMEOUT_SECONDS")
         authorization = try AuthorizationSettings.read(from: source)
         given = source.givenSettings.mapValues { .string($0) }
     }

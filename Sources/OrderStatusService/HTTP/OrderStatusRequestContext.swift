@@ -16,7 +16,7 @@ struct OrderStatusRequestContext: EventStreamRequestContext {
     let channel: any Channel
 
     init(source: ApplicationRequestContextSource) {
-        self.init(source: source, eventStreamAttachment: .requestTask)
+        self.init(source: source, eventStreamAttachment: .requestTask(on: source.channel))
     }
 
     init(source: ApplicationRequestContextSource, eventStreamAttachment: EventStreamAttachment) {

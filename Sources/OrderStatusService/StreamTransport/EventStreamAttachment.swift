@@ -12,7 +12,7 @@ import Synchronization
 struct EventStreamAttachment: Sendable {
     private enum Kind: Sendable {
         case channel(EventStreamChannel)
-        case requestTask
+        case requestTask(any Channel)
     }
 
     private let kind: Kind
@@ -20,8 +20,8 @@ struct EventStreamAttachment: Sendable {
     /// A stream that owns `channel`; `EventStreamResponder` leaves the channel open once it is handed to the hub.
     static func channel(_ channel: EventStreamChannel) -> Self { Self(kind: .channel(channel)) }
 
-    /// A stream served by Hummingbird's own request loop.
-    static var requestTask: Self { Self(kind: .requestTask) }
+    /// A stream served by Hummingbird's own request loop on `channel` (an HTTP/2 stream's, or the connection's).
+    static func requestTask(on channel: any Channel) -> Self { Self(kind: .requestTask(channel)) }
 
     /// Serves the stream of `orderID`: `replay` writes what precedes the live events and returns the
     /// last event id it wrote, or nil when the stream is already over; then the hub's events follow
@@ -45,8 +45,9 @@ struct EventStreamAttachment: Sendable {
             sink.whenClosed {
                 withExtendedLifetime(slot) { hub.streamDeparted(from: orderID, id: subscriberID) }
             }
-        case .requestTask:
-            let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(capacity))
+        case .requestTask(let channel):
+            let (frames, continuation) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(capacity))
+            let mailbox = RequestTaskStreamSink(mailbox: continuation, channel: channel)
             // A client that goes away finishes the mailbox at once, which ends the loop below.
             try await request.body.consumeWithInboundCloseHandler { _ in
                 guard let position = try await replay(&writer) else { return }
@@ -65,6 +66,22 @@ struct EventStreamAttachment: Sendable {
             withExtendedLifetime(slot) {}
         }
     }
+}
+
+/// The mailbox of a stream its request's task writes. When the hub finds it full and drops the
+/// stream, the channel is closed too (RST_STREAM on HTTP/2): the task is blocked writing to a client
+/// that does not read, so finishing the mailbox alone would leave the stream open on the wire.
+struct RequestTaskStreamSink: EventStreamSink {
+    let mailbox: OrderEventHub.StreamMailbox.Continuation
+    let channel: any Channel
+
+    func send(_ frame: ByteBuffer) -> EventStreamSinkResult {
+        let result = mailbox.send(frame)
+        if case .stalled = result { channel.close(promise: nil) }
+        return result
+    }
+
+    func finish() { mailbox.finish() }
 }
 
 /// The channel of an HTTP/1 connection whose one request is an event stream, shared by the
