@@ -25,7 +25,7 @@ public struct ServiceSettings: Sendable {
     public var requestIdleTimeout: Duration
     /// Bound on receiving one whole request, from its first byte to its end.
     public var requestReadTimeout: Duration
-    /// Bound on an HTTP/1 connection's writes making no progress.
+    /// Bound on writes that make no progress (a client that stops reading, or grants no HTTP/2 window).
     public var streamStallTimeout: Duration
     public var corsAllowedOrigins: [String]
     public var listenerPingInterval: Duration
@@ -39,8 +39,6 @@ public struct ServiceSettings: Sendable {
     public var tls: TLSConfiguration?
     /// Bound on a TLS handshake: a peer that sends no ClientHello is closed after it.
     public var tlsHandshakeTimeout: Duration
-    /// Bound on writes that make no progress (a client that stops reading or grants no window).
-    public var streamStallTimeout: Duration
     /// The settings given by flag or environment variable, each `value (flag)` or
     /// `value (environment)` with secrets redacted: for the startup log.
     public var given: Logger.Metadata
@@ -101,7 +99,6 @@ public struct ServiceSettings: Sendable {
         logFormat = parsedFormat
         tls = try ServerTLS.read(from: source)
         tlsHandshakeTimeout = try source.seconds("TLS_HANDSHAKE_TIMEOUT_SECONDS")
-        streamStallTimeout = try source.seconds("STREAM_STALL_TIMEOUT_SECONDS")
         authorization = try AuthorizationSettings.read(from: source)
         given = source.givenSettings.mapValues { .string($0) }
     }
