@@ -44,6 +44,11 @@ struct HostileClientTests {
             for took in [bodyClose, headerClose] {
                 #expect(took >= .milliseconds(900) && took < .seconds(3), "closed after \(took)")
             }
+            // A body cut off by the bound is the client's doing: no 5xx, so nothing in the 5xx alarm.
+            let errors = try await service.get("/metrics").body.split(separator: "\n").filter {
+                $0.hasPrefix("order_status_http_request_duration_seconds_count") && $0.contains("route=\"/orders\"") && $0.contains("status=\"5")
+            }
+            #expect(errors.isEmpty, "\(errors)")
         }
     }
 
