@@ -25,7 +25,13 @@ struct HostileHTTPSClientTests {
             }
             // A real HTTPS client is served while they wait.
             #expect(try await service.get("/healthz").status == 200)
-            for peer in peers { _ = try await peer.readUntilClosed(within: .seconds(10)) }
+            // One deadline for all of them, so the test fails in seconds when they are held.
+            try await withDeadline(.seconds(6), "closing the silent peers") { [peers] in
+                for peer in peers {
+                    try Task.checkCancellation()
+                    _ = try await peer.readUntilClosed(within: .seconds(6))
+                }
+            }
             let took = ContinuousClock.now - opened
             testLogger.info("\(Self.silentPeers) silent TLS peers closed after \(took)")
             #expect(took >= bound, "not before the bound")
@@ -53,7 +59,7 @@ struct HostileHTTPSClientTests {
             var streams: [RawHTTP2Stream] = []
             for _ in 0..<Self.silentPeers { streams.append(try await client.get("/events/order-status/\(id)")) }
             try await eventually("the streams held") { try await service.metric("order_status_open_streams") == Double(Self.silentPeers + 1) }
-            for stream in streams { try await stream.closed(within: .seconds(10)) }
+            try await RawHTTP2Stream.allClosed(streams, within: .seconds(8))
             let took = ContinuousClock.now - opened
             testLogger.info("\(Self.silentPeers) zero-window streams reset after \(took)")
             #expect(took >= .seconds(2), "not before the stall timeout")
@@ -91,7 +97,7 @@ struct HostileHTTPSClientTests {
             #expect(try await service.changeStatus(id, to: "paid", metadata: metadata).status < 300)
             #expect(try await service.changeStatus(id, to: "processing", metadata: metadata).status < 300)
             let changed = ContinuousClock.now
-            for stream in streams { try await stream.closed(within: .seconds(20)) }
+            try await RawHTTP2Stream.allClosed(streams, within: .seconds(10))
             testLogger.info("\(Self.silentPeers) streams dropped by the hub reset \(ContinuousClock.now - changed) after the events")
             for stream in streams {
                 #expect(stream.received.reset == .cancel, "ended on the wire with RST_STREAM")
@@ -113,7 +119,7 @@ struct HostileHTTPSClientTests {
             let tooLarge = [("x-large", String(repeating: "a", count: 8 * 1024 + 1))]
             for fields in [tooMany, tooLarge] {
                 let stream = try await client.get("/healthz", fields: fields)
-                try await stream.closed(within: .seconds(10))
+                try await RawHTTP2Stream.allClosed([stream], within: .seconds(10))
                 #expect(stream.received.status == "431", "\(fields.count) fields")
                 #expect(stream.received.contentType == "application/problem+json")
                 let problem = try JSONSerialization.jsonObject(with: Data(stream.received.body)) as? [String: Any]
@@ -121,7 +127,7 @@ struct HostileHTTPSClientTests {
             }
             let large = (0..<3).map { ("x-large-\($0)", String(repeating: "a", count: 7 * 1024)) }
             let accepted = try await client.get("/healthz", fields: large + (0..<90).map { ("x-field-\($0)", "v") })
-            try await accepted.closed(within: .seconds(10))
+            try await RawHTTP2Stream.allClosed([accepted], within: .seconds(10))
             #expect(accepted.received.status == "200")
             #expect(client.channel.isActive, "refused requests cost their stream, not the connection")
             await client.close()

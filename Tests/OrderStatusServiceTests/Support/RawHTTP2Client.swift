@@ -98,9 +98,16 @@ struct RawHTTP2Stream: Sendable {
 
     var received: Received { recorder.received.withLockedValue { $0 } }
 
-    /// Waits until the stream is closed, by either side; fails past `limit`.
-    func closed(within limit: Duration) async throws {
-        let channel = channel
-        try await withDeadline(limit, "the stream's close") { try await channel.closeFuture.get() }
+    /// Waits until every one of `streams` is closed, by either side; fails past `limit` for them
+    /// all. A promise with its own timer: an awaited close future cannot be cancelled by a deadline.
+    static func allClosed(_ streams: [RawHTTP2Stream], within limit: Duration) async throws {
+        guard let eventLoop = streams.first?.channel.eventLoop else { return }
+        let closed = eventLoop.makePromise(of: Void.self)
+        EventLoopFuture.andAllComplete(streams.map(\.channel.closeFuture), on: eventLoop).cascade(to: closed)
+        let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(limit / .nanoseconds(1)))) {
+            closed.fail(TestFailure("the streams were not closed within \(limit)"))
+        }
+        defer { timer.cancel() }
+        try await closed.futureResult.get()
     }
 }
