@@ -23,7 +23,7 @@ struct BenchOptions: ParsableArguments {
     /// The server's resident memory in KiB, from /proc.
     func serverRSSKilobytes() -> Int? {
         guard let serverPid, let status = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
         else { return nil }
         return Int(line.split(separator: " ").dropFirst().first ?? "")
     }
@@ -35,11 +35,13 @@ enum CPUTime {
     /// User plus system seconds of one process, with those of its reaped children when asked.
     static func of(pid: Int32, withChildren: Bool = false) -> Double? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
         // Fields after the command name: utime, stime, cutime and cstime are the 14th to 17th of the line.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         guard fields.count > 14, let user = Double(fields[11]), let system = Double(fields[12]),
-              let childrenUser = Double(fields[13]), let childrenSystem = Double(fields[14]) else { return nil }
+            let childrenUser = Double(fields[13]), let childrenSystem = Double(fields[14])
+        else { return nil }
         let ticks = user + system + (withChildren ? childrenUser + childrenSystem : 0)
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
@@ -68,12 +70,16 @@ func say(_ line: String) {
 func result(_ scenario: String, _ figures: KeyValuePairs<String, String>, check: DeliveryCheck? = nil, latency: LatencySummary? = nil) {
     var fields = figures.map { ($0.key, $0.value) }
     if let check {
-        fields += [("expected", "\(check.expected)"), ("delivered", "\(check.delivered)"), ("lost", "\(check.lost)"),
-                   ("duplicated", "\(check.duplicated)"), ("reordered", "\(check.reordered)")]
+        fields += [
+            ("expected", "\(check.expected)"), ("delivered", "\(check.delivered)"), ("lost", "\(check.lost)"),
+            ("duplicated", "\(check.duplicated)"), ("reordered", "\(check.reordered)"),
+        ]
     }
     if let latency {
-        fields += [("p50_ms", latency.milliseconds(0.5)), ("p90_ms", latency.milliseconds(0.9)), ("p99_ms", latency.milliseconds(0.99)),
-                   ("p999_ms", latency.milliseconds(0.999)), ("max_ms", latency.maximum)]
+        fields += [
+            ("p50_ms", latency.milliseconds(0.5)), ("p90_ms", latency.milliseconds(0.9)), ("p99_ms", latency.milliseconds(0.99)),
+            ("p999_ms", latency.milliseconds(0.999)), ("max_ms", latency.maximum),
+        ]
     }
     say("RESULT \(scenario) " + fields.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
 }
@@ -102,7 +108,8 @@ extension ServiceClient {
 
 extension ServiceClient {
     /// Waits until the server holds `polls` polls, then publishes `changes` open-loop.
-    func publishOnceHeld(polls: Int, _ changes: [(orderID: String, status: String)], rate: Int, by publisher: ChangePublisher) async throws -> [Int64] {
+    func publishOnceHeld(polls: Int, _ changes: [(orderID: String, status: String)], rate: Int, by publisher: ChangePublisher) async throws -> [Int64]
+    {
         let deadline = ContinuousClock.now + .seconds(60)
         while try await gauges().polls < polls {
             guard ContinuousClock.now < deadline else { throw BenchFailure("the server never held \(polls) polls") }

@@ -74,11 +74,14 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
         }
         let sentAt = monotonicNanoseconds()
         inFlightSince = sentAt
-        let body = ByteBuffer(string: stampsSendTime
-            ? #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#
-            : #"{"status":"\#(change.status)"}"#)
+        let body = ByteBuffer(
+            string: stampsSendTime
+                ? #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#
+                : #"{"status":"\#(change.status)"}"#)
         let headers: HTTPHeaders = ["Host": "bench", "Content-Type": "application/json", "Content-Length": "\(body.readableBytes)"]
-        context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/orders/\(change.orderID)/status", headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/orders/\(change.orderID)/status", headers: headers))),
+            promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
@@ -90,13 +93,16 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
 struct ChangePublisher {
     let connections: [(channel: any Channel, handler: PublishingConnectionHandler)]
 
-    static func connect(_ connector: StreamProbeConnector, connections: Int = 16, stopAt: NIODeadline? = nil,
-                        stampsSendTime: Bool = true) async throws -> ChangePublisher {
+    static func connect(
+        _ connector: StreamProbeConnector, connections: Int = 16, stopAt: NIODeadline? = nil,
+        stampsSendTime: Bool = true
+    ) async throws -> ChangePublisher {
         var opened: [(channel: any Channel, handler: PublishingConnectionHandler)] = []
         for index in 0..<connections {
-            opened.append(try await connector.connect(index: index) { _ in
-                PublishingConnectionHandler(stopAt: stopAt, stampsSendTime: stampsSendTime)
-            })
+            opened.append(
+                try await connector.connect(index: index) { _ in
+                    PublishingConnectionHandler(stopAt: stopAt, stampsSendTime: stampsSendTime)
+                })
         }
         return ChangePublisher(connections: opened)
     }

@@ -5,7 +5,8 @@ import NIOCore
 /// S subscribers over K orders while a publisher walks every order through its statuses at R
 /// changes per second. Each change carries its send time; each subscriber records when it arrived.
 struct FanoutBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "fanout", abstract: "S streams over K orders, R changes/s; print exactness and POST-to-receipt latency.")
+    static let configuration = CommandConfiguration(
+        commandName: "fanout", abstract: "S streams over K orders, R changes/s; print exactness and POST-to-receipt latency.")
 
     @OptionGroup var options: BenchOptions
     @Option(help: "Subscribers (streams)") var subscribers = 10_000

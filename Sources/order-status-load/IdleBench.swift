@@ -5,7 +5,8 @@ import NIOCore
 /// Holds many quiet streams open and reports what each costs the server in resident memory.
 /// Start the server fresh for this: memory it freed earlier is not given back to the OS.
 struct IdleBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "idle", abstract: "Hold C streams open; print how many stayed open and the server's RSS per stream.")
+    static let configuration = CommandConfiguration(
+        commandName: "idle", abstract: "Hold C streams open; print how many stayed open and the server's RSS per stream.")
 
     @OptionGroup var options: BenchOptions
     @Option(help: "Streams to open") var streams = 19_000
@@ -45,11 +46,13 @@ struct IdleBench: AsyncParsableCommand {
         for probe in probes { try? await probe.finished.get() }
         try await client.awaitOpenStreams(baselineStreams)
         say("idle: all closed; server RSS \(options.serverRSSKilobytes().map { "\($0) KiB" } ?? "n/a"), open streams back to \(baselineStreams)")
-        result("idle", [
-            "streams": "\(streams)", "held_open": "\(stillOpen)", "heartbeats_seen": "\(withHeartbeat)",
-            "rss_before_kib": "\(before ?? 0)", "rss_after_kib": "\(after ?? 0)",
-            "bytes_per_stream": perStream.map { String(format: "%.0f", $0) } ?? "n/a",
-        ])
+        result(
+            "idle",
+            [
+                "streams": "\(streams)", "held_open": "\(stillOpen)", "heartbeats_seen": "\(withHeartbeat)",
+                "rss_before_kib": "\(before ?? 0)", "rss_after_kib": "\(after ?? 0)",
+                "bytes_per_stream": perStream.map { String(format: "%.0f", $0) } ?? "n/a",
+            ])
         try await client.shutdown()
         try await group.shutdownGracefully()
         if stillOpen != streams { throw ExitCode.failure }

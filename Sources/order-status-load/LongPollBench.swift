@@ -5,7 +5,8 @@ import Foundation
 /// R changes per second. Orders come in generations of K: once a generation is terminal, every
 /// client moves on to its order in the next one.
 struct LongPollBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "longpoll", abstract: "L pollers over K orders, R changes/s; print exactness and latency.")
+    static let configuration = CommandConfiguration(
+        commandName: "longpoll", abstract: "L pollers over K orders, R changes/s; print exactness and latency.")
 
     @OptionGroup var options: BenchOptions
     @Option(help: "Polling clients") var clients = 500
@@ -31,7 +32,8 @@ struct LongPollBench: AsyncParsableCommand {
         }
         // Changes start once every client holds its first poll, so the figures are of the steady
         // loop rather than of the clients' connections being opened.
-        let publisher = try await ChangePublisher.connect(StreamProbeConnector(host: host, port: port, sourceAddressCount: options.sourceAddresses, group: group))
+        let publisher = try await ChangePublisher.connect(
+            StreamProbeConnector(host: host, port: port, sourceAddressCount: options.sourceAddresses, group: group))
         async let published = client.publishOnceHeld(polls: clients, changes, rate: rate, by: publisher)
         let outcomes = try await withThrowingTaskGroup(of: [(String, [Int64], [Int64])].self) { group in
             for index in 0..<clients {

@@ -91,7 +91,8 @@ struct LatencySummary {
     }
 
     var text: String {
-        String(format: "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms",
-               percentile(0.5), percentile(0.9), percentile(0.99), percentile(0.999), sorted.last ?? 0)
+        String(
+            format: "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms",
+            percentile(0.5), percentile(0.9), percentile(0.99), percentile(0.999), sorted.last ?? 0)
     }
 }

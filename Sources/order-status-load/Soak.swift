@@ -53,7 +53,9 @@ struct Soak: AsyncParsableCommand {
         }
         let totals = await tally.totals
         say("end: rss \(rssText()), open streams \(end.streams) (baseline \(baseline.streams)), held polls \(end.polls) (baseline \(baseline.polls))")
-        say("orders \(totals.orders), events expected \(totals.expected), delivered \(totals.delivered), lost \(totals.lost), duplicated \(totals.duplicated), reordered \(totals.reordered), reconnects \(totals.reconnects), polls \(totals.polls)")
+        say(
+            "orders \(totals.orders), events expected \(totals.expected), delivered \(totals.delivered), lost \(totals.lost), duplicated \(totals.duplicated), reordered \(totals.reordered), reconnects \(totals.reconnects), polls \(totals.polls)"
+        )
         try await client.shutdown()
         let exact = totals.lost == 0 && totals.duplicated == 0 && totals.reordered == 0 && totals.delivered == totals.expected
         let baselineRestored = end.streams == baseline.streams && end.polls == baseline.polls
@@ -119,7 +121,9 @@ struct Soak: AsyncParsableCommand {
             minute += 1
             let figures = try await client.gauges()
             let totals = await tally.totals
-            say("minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)")
+            say(
+                "minute \(minute): rss \(rssText()), open streams \(figures.streams), held polls \(figures.polls), delivered \(totals.delivered) of \(totals.expected) expected so far, lost \(totals.lost), duplicated \(totals.duplicated)"
+            )
         }
     }
 
@@ -150,7 +154,7 @@ struct Soak: AsyncParsableCommand {
 
     private func rssText() -> String {
         guard let serverPid, let status = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
         else { return "n/a" }
         return line.dropFirst("VmRSS:".count).trimmingCharacters(in: .whitespaces)
     }

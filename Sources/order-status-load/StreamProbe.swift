@@ -151,7 +151,9 @@ struct StreamProbeConnector: Sendable {
 
     /// Opens an HTTP/1.1 connection whose responses go to the handler `makeHandler` builds on the
     /// connection's event loop. `index` picks the source address.
-    func connect<Handler: ChannelInboundHandler & Sendable>(index: Int, _ makeHandler: (any EventLoop) -> Handler) async throws -> (any Channel, Handler)
+    func connect<Handler: ChannelInboundHandler & Sendable>(
+        index: Int, _ makeHandler: (any EventLoop) -> Handler
+    ) async throws -> (any Channel, Handler)
     where Handler.InboundIn == HTTPClientResponsePart {
         let eventLoop = group.next()
         let handler = makeHandler(eventLoop)
@@ -179,8 +181,9 @@ struct StreamProbeConnector: Sendable {
             channel.close(promise: nil)
             throw BenchFailure("stream of \(orderID) answered \(status)")
         }
-        return StreamProbe(orderID: orderID, channel: channel, handler: handler,
-                           finished: handler.finished.futureResult)
+        return StreamProbe(
+            orderID: orderID, channel: channel, handler: handler,
+            finished: handler.finished.futureResult)
     }
 }
 

@@ -6,7 +6,8 @@ import NIOCore
 /// service answers, one keep-alive connection each. Prints status changes per second, their
 /// latency, and each party's CPU per change.
 struct WritesBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "writes", abstract: "W concurrent writers walking orders; print changes/s and latency.")
+    static let configuration = CommandConfiguration(
+        commandName: "writes", abstract: "W concurrent writers walking orders; print changes/s and latency.")
 
     @OptionGroup var options: BenchOptions
     @Option(help: "Concurrent writers") var writers = 32
@@ -25,7 +26,8 @@ struct WritesBench: AsyncParsableCommand {
         say("writes: creating \(writers * perWriter) orders")
         let orderIDs = try await client.createOrders(prefix: prefix, count: writers * perWriter, concurrency: writers)
         let connector = StreamProbeConnector(host: host, port: port, sourceAddressCount: options.sourceAddresses, group: group)
-        let publisher = try await ChangePublisher.connect(connector, connections: writers, stopAt: .now() + .seconds(Int64(seconds)), stampsSendTime: false)
+        let publisher = try await ChangePublisher.connect(
+            connector, connections: writers, stopAt: .now() + .seconds(Int64(seconds)), stampsSendTime: false)
         let cpuBefore = (server: options.serverPid.flatMap { CPUTime.of(pid: $0) }, database: CPUTime.ofPostgres, generator: CPUTime.ofSelf)
         let start = ContinuousClock.now
         for writer in 0..<writers {
@@ -47,10 +49,12 @@ struct WritesBench: AsyncParsableCommand {
         say(String(format: "writes: %d changes in %.1f s by %d writers: %.0f changes/s", latencies.count, elapsed, writers, rate))
         say("writes: latency \(summary.text)")
         say("writes: CPU per change: server \(serverCPU) µs, PostgreSQL \(databaseCPU) µs, generator \(generatorCPU) µs")
-        result("writes", [
-            "writers": "\(writers)", "changes": "\(latencies.count)", "changes_per_s": String(format: "%.0f", rate),
-            "server_cpu_us": serverCPU, "postgres_cpu_us": databaseCPU, "generator_cpu_us": generatorCPU,
-        ], latency: summary)
+        result(
+            "writes",
+            [
+                "writers": "\(writers)", "changes": "\(latencies.count)", "changes_per_s": String(format: "%.0f", rate),
+                "server_cpu_us": serverCPU, "postgres_cpu_us": databaseCPU, "generator_cpu_us": generatorCPU,
+            ], latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()
     }

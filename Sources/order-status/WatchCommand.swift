@@ -41,7 +41,9 @@ struct Watch: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         var base = url ?? environment["ORDER_STATUS_URL"] ?? "http://127.0.0.1:8080"
         while base.hasSuffix("/") { base.removeLast() }
-        guard base.hasPrefix("http://") || base.hasPrefix("https://") else { throw ValidationError("--url must start with http:// or https://, not '\(base)'") }
+        guard base.hasPrefix("http://") || base.hasPrefix("https://") else {
+            throw ValidationError("--url must start with http:// or https://, not '\(base)'")
+        }
 
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(10), read: .seconds(idleTimeout))
@@ -168,7 +170,9 @@ struct OrderStreamFollower {
     /// The `detail` of a problem+json body, else its text.
     private static func detail(of body: ByteBuffer?) -> String {
         guard let body else { return "(no body)" }
-        if let problem = try? JSONValue.parse(body.readableBytesView), let detail = problem["detail"]?.text ?? problem["title"]?.text { return detail }
+        if let problem = try? JSONValue.parse(body.readableBytesView), let detail = problem["detail"]?.text ?? problem["title"]?.text {
+            return detail
+        }
         let text = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
         return text.isEmpty ? "(no body)" : String(text.prefix(500))
     }

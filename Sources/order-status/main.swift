@@ -112,7 +112,8 @@ struct Serve: AsyncParsableCommand {
         let group = try await buildServiceGroup(settings: settings, logger: logger) { channel in
             let address = channel.localAddress?.description ?? "?"
             // Said at every start, so nobody runs it open believing it is protected.
-            let authorization = settings.authorization.map { "on (\($0.keys.summary))" } ?? "off: anyone who reaches the port may read and change orders"
+            let authorization =
+                settings.authorization.map { "on (\($0.keys.summary))" } ?? "off: anyone who reaches the port may read and change orders"
             let scheme = settings.tls == nil ? "http" : "https"
             let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
             let url = "\(scheme)://\(host):\(channel.localAddress?.port ?? settings.port)"
@@ -122,7 +123,9 @@ struct Serve: AsyncParsableCommand {
             let protocols = settings.tls == nil ? "HTTP/1.1" : "HTTP/2 and HTTP/1.1 over TLS"
             logger.notice(
                 "order-status is serving",
-                metadata: ["url": "\(url)", "page": "\(page)", "protocols": "\(protocols)", "address": "\(address)", "authorization": "\(authorization)"]
+                metadata: [
+                    "url": "\(url)", "page": "\(page)", "protocols": "\(protocols)", "address": "\(address)", "authorization": "\(authorization)",
+                ]
             )
         }
         try await group.run()
@@ -165,7 +168,8 @@ struct Token: AsyncParsableCommand {
     )
 
     @OptionGroup var authorization: SettingsArguments
-    @Option(name: .customLong("scope"), help: "A scope to grant: orders:read, orders:write (repeatable, or space-separated)") var scopes: [String] = []
+    @Option(name: .customLong("scope"), help: "A scope to grant: orders:read, orders:write (repeatable, or space-separated)") var scopes: [String] =
+        []
     @Option(name: .customLong("order"), help: "An order id the token may read (repeatable)") var orders: [String] = []
     @Option(help: "How long the token lives: seconds, or with s, m, h or d (default 1h)") var lifetime: String = "1h"
     @Option(help: "The subject (sub) claim") var subject: String = "local-developer"
@@ -206,7 +210,8 @@ struct Token: AsyncParsableCommand {
         )
         print(try await signer.sign(claims, kid: kid))
         let grants = (scopes.map { "scope \($0)" } + orders.map { "order \($0)" }).joined(separator: ", ")
-        FileHandle.standardError.write(Data("token: \(signer.algorithm), \(grants), expires \(ISO8601DateFormatter().string(from: claims.exp!.value))\n".utf8))
+        FileHandle.standardError.write(
+            Data("token: \(signer.algorithm), \(grants), expires \(ISO8601DateFormatter().string(from: claims.exp!.value))\n".utf8))
     }
 
     /// `3600`, `90s`, `15m`, `12h`, `7d` in seconds.

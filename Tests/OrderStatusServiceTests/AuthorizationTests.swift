@@ -3,6 +3,7 @@ import Foundation
 import JWTKit
 import NIOCore
 import Testing
+
 @testable import OrderStatusService
 
 /// Bearer-token authorization over real sockets: who may change orders, who may read which order
@@ -21,7 +22,9 @@ struct AuthorizationTests {
             let body = #"{"id":"\#(id)"}"#
             let noToken = try await service.post("/orders", body)
             try expectProblem(noToken, 401, "create without a token")
-            #expect(noToken.headers.first(name: "www-authenticate") == #"Bearer realm="order-status""#, "no error code when no token was sent (RFC 6750 §3.1)")
+            #expect(
+                noToken.headers.first(name: "www-authenticate") == #"Bearer realm="order-status""#,
+                "no error code when no token was sent (RFC 6750 §3.1)")
 
             let reader = try await token(scope: "orders:read", orders: [id])
             try expectProblem(try await service.post("/orders", body, headers: bearer(reader)), 403, "create with orders:read")
@@ -32,9 +35,12 @@ struct AuthorizationTests {
 
             let change = #"{"status":"paid"}"#
             try expectProblem(try await service.post("/orders/\(id)/status", change), 401, "change without a token")
-            try expectProblem(try await service.post("/orders/\(id)/status", change, headers: bearer(reader)), 403, "change with a token naming the order")
+            try expectProblem(
+                try await service.post("/orders/\(id)/status", change, headers: bearer(reader)), 403, "change with a token naming the order")
             // A cookie never carries a write: any page the user visits could post with it.
-            try expectProblem(try await service.post("/orders/\(id)/status", change, headers: [("Cookie", "order_status_token=\(writer)")]), 401, "change with the token in a cookie")
+            try expectProblem(
+                try await service.post("/orders/\(id)/status", change, headers: [("Cookie", "order_status_token=\(writer)")]), 401,
+                "change with the token in a cookie")
             let changed = try await service.post("/orders/\(id)/status", change, headers: bearer(writer))
             #expect(changed.status == 200, "\(changed.body)")
             // Both scopes in one space-separated claim.
@@ -82,7 +88,8 @@ struct AuthorizationTests {
             try expectProblem(try await service.get("/orders/\(uniqueOrderID("N"))", headers: bearer(named)), 403, "unknown order")
             // The held poll and a live stream of a non-terminal order are refused before they are held.
             let open = try await createOrder(service, token: writer)
-            try expectProblem(try await service.get("/orders/\(open)/status/poll?after=0&timeout=30", headers: bearer(named)), 403, "held poll for another order")
+            try expectProblem(
+                try await service.get("/orders/\(open)/status/poll?after=0&timeout=30", headers: bearer(named)), 403, "held poll for another order")
             try expectProblem(try await service.get("/events/order-status/\(open)", headers: bearer(named)), 403, "live stream of another order")
             #expect(try await service.metric("order_status_held_polls") == 0)
             #expect(try await service.metric("order_status_open_streams") == 0)
@@ -95,9 +102,11 @@ struct AuthorizationTests {
             let id = try await createOrder(service, token: writer)
             let cookie = [("Cookie", "theme=dark; order_status_token=\(try await token(orders: [id]))")]
             // The stream opens on the cookie alone (as an EventSource sends it) and carries live events.
-            let (status, text) = try await readStream(service, "/events/order-status/\(id)", headers: cookie, first: "event: order-status", then: { () async throws in
-                #expect(try await service.post("/orders/\(id)/status", #"{"status":"paid"}"#, headers: bearer(writer)).status == 200)
-            }, until: #""status":"paid""#)
+            let (status, text) = try await readStream(
+                service, "/events/order-status/\(id)", headers: cookie, first: "event: order-status",
+                then: { () async throws in
+                    #expect(try await service.post("/orders/\(id)/status", #"{"status":"paid"}"#, headers: bearer(writer)).status == 200)
+                }, until: #""status":"paid""#)
             #expect(status == 200)
             #expect(text.hasPrefix("retry: "))
             // The poll and the REST reads take it too.
@@ -118,7 +127,8 @@ struct AuthorizationTests {
             let named = try await token(orders: [id])
             for path in readPaths(id) {
                 let separator = path.contains("?") ? "&" : "?"
-                let problem = try expectProblem(try await service.get(path + separator + "access_token=\(named)"), 401, "\(path) with a query token, not enabled")
+                let problem = try expectProblem(
+                    try await service.get(path + separator + "access_token=\(named)"), 401, "\(path) with a query token, not enabled")
                 #expect((problem["detail"] as? String)?.contains("URL") == true)
             }
         }
@@ -144,7 +154,8 @@ struct AuthorizationTests {
     @Test func expiredAndNotYetValidTokensAre401() async throws {
         try await TestService.with(settings: Self.hs256) { service in
             let id = try await createOrder(service, token: try await token(scope: "orders:write"))
-            let expired = try expectProblem(try await service.get("/orders/\(id)", headers: bearer(try await token(scope: "orders:read", expiresIn: -120))), 401, "expired")
+            let expired = try expectProblem(
+                try await service.get("/orders/\(id)", headers: bearer(try await token(scope: "orders:read", expiresIn: -120))), 401, "expired")
             #expect((expired["detail"] as? String)?.contains("expired") == true)
             // Within the leeway for clock skew, an expiry just past is still accepted.
             #expect(try await service.get("/orders/\(id)", headers: bearer(try await token(scope: "orders:read", expiresIn: -5))).status == 200)
@@ -243,7 +254,9 @@ struct AuthorizationTests {
         try await TestService.with(settings: Self.hs256) { service in
             let id = try await createOrder(service, token: try await token(scope: "orders:write"))
             let good = try await token(scope: "orders:read")
-            let headers = ["Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c", "Bearer \(good.dropLast(3))", "Token \(good)"]
+            let headers = [
+                "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c", "Bearer \(good.dropLast(3))", "Token \(good)",
+            ]
             for header in headers {
                 for path in ["/orders/\(id)", "/events/order-status/\(id)"] {
                     let response = try await service.get(path, headers: [("Authorization", header)])
@@ -272,8 +285,12 @@ struct AuthorizationTests {
             #expect(try await service.get("/orders/\(id)", headers: bearer(byRSA)).status == 200)
             let byEC = try await token(.es256(ec), orders: [id])
             #expect(try await service.get("/orders/\(id)/status/poll", headers: bearer(byEC)).status == 200)
-            try expectProblem(try await service.get("/orders/\(id)", headers: bearer(try await token(.es256(ES256PrivateKey()), scope: "orders:read"))), 401, "another EC key")
-            try expectProblem(try await service.get("/orders/\(id)", headers: bearer(try await token(scope: "orders:read"))), 401, "HS256 when only public keys are configured")
+            try expectProblem(
+                try await service.get("/orders/\(id)", headers: bearer(try await token(.es256(ES256PrivateKey()), scope: "orders:read"))), 401,
+                "another EC key")
+            try expectProblem(
+                try await service.get("/orders/\(id)", headers: bearer(try await token(scope: "orders:read"))), 401,
+                "HS256 when only public keys are configured")
         }
         try? FileManager.default.removeItem(atPath: folder)
     }
@@ -298,7 +315,8 @@ struct AuthorizationTests {
             // Without a kid, each key is tried.
             #expect(try await service.get("/orders/\(id)", headers: bearer(try await token(.es256(ec), orders: [id]))).status == 200)
             let impostor = try await token(.es256(ES256PrivateKey()), kid: "ec-1", scope: "orders:read")
-            try expectProblem(try await service.get("/orders/\(id)", headers: bearer(impostor)), 401, "a kid from the JWKS on a token another key signed")
+            try expectProblem(
+                try await service.get("/orders/\(id)", headers: bearer(impostor)), 401, "a kid from the JWKS on a token another key signed")
         }
         try? FileManager.default.removeItem(atPath: folder)
     }
@@ -327,9 +345,11 @@ struct AuthorizationTests {
             }
             let options = try await service.request(.OPTIONS, "/orders/x/status")
             #expect(options.status == 204)
-            let preflight = try await service.request(.OPTIONS, "/events/order-status/x", headers: [
-                ("Origin", "https://shop.example"), ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "authorization"),
-            ])
+            let preflight = try await service.request(
+                .OPTIONS, "/events/order-status/x",
+                headers: [
+                    ("Origin", "https://shop.example"), ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "authorization"),
+                ])
             #expect(preflight.status == 204)
             #expect(preflight.headers.first(name: "access-control-allow-headers")?.contains("Authorization") == true)
         }
@@ -370,7 +390,9 @@ struct AuthorizationTests {
         #expect(error(["AUTH_PUBLIC_KEYS": "/nonexistent/key.pem"])?.hasPrefix("AUTH_PUBLIC_KEYS: cannot read") == true)
         #expect(error(["AUTH_JWKS_FILE": "/nonexistent/jwks.json"])?.hasPrefix("AUTH_JWKS_FILE: cannot read") == true)
         #expect(error(["AUTH_ISSUER": "https://issuer.example"])?.hasPrefix("AUTH_ISSUER is set but no key is") == true)
-        #expect(error(["AUTH_HS256_SECRET": Self.secret, "AUTH_ALLOW_QUERY_TOKEN": "maybe"])?.hasPrefix("AUTH_ALLOW_QUERY_TOKEN must be true or false") == true)
+        #expect(
+            error(["AUTH_HS256_SECRET": Self.secret, "AUTH_ALLOW_QUERY_TOKEN": "maybe"])?.hasPrefix("AUTH_ALLOW_QUERY_TOKEN must be true or false")
+                == true)
         let folder = try temporaryFolder()
         let notAKey = folder + "/not-a-key.pem", privateKey = folder + "/private.pem", badJWKS = folder + "/jwks.json"
         try "hello".write(toFile: notAKey, atomically: true, encoding: .utf8)
@@ -407,7 +429,8 @@ struct AuthorizationTests {
             #expect(try await service.get("/orders/\(id)/events", headers: bearer(byKey)).status == 200)
             try expectProblem(try await service.get("/orders/\(uniqueOrderID("N"))", headers: bearer(named)), 403, "minted for another order")
         }
-        let refused = try await ChildProcess.run(executable, ["token", "--scope", "orders:read"], environment: ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AUTH_") })
+        let refused = try await ChildProcess.run(
+            executable, ["token", "--scope", "orders:read"], environment: ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AUTH_") })
         #expect(refused.status != 0)
         #expect(refused.output.contains("no HS256 secret"))
         try? FileManager.default.removeItem(atPath: folder)
@@ -478,8 +501,10 @@ struct AuthorizationTests {
     }
 
     /// Opens a stream, reads until `first` arrives, runs `then`, and reads on until `until` arrives.
-    func readStream(_ service: TestService, _ path: String, headers: [(String, String)], first: String,
-                    then: @escaping @Sendable () async throws -> Void, until: String) async throws -> (Int, String) {
+    func readStream(
+        _ service: TestService, _ path: String, headers: [(String, String)], first: String,
+        then: @escaping @Sendable () async throws -> Void, until: String
+    ) async throws -> (Int, String) {
         try await withDeadline(.seconds(20), "reading \(path)") {
             var request = HTTPClientRequest(url: service.baseURL + path)
             for (name, value) in headers { request.headers.add(name: name, value: value) }
@@ -508,12 +533,14 @@ struct AuthorizationTests {
     func generateRSAKey(in folder: String) async throws -> Insecure.RSA.PrivateKey {
         let path = folder + "/rsa-private.pem"
         let openssl = ["/usr/bin/openssl", "/usr/local/bin/openssl"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/openssl"
-        let (status, output) = try await ChildProcess.run(openssl, ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", path])
+        let (status, output) = try await ChildProcess.run(
+            openssl, ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", path])
         guard status == 0 else { throw TestFailure("openssl genpkey failed: \(output)") }
         return try Insecure.RSA.PrivateKey(pem: try String(contentsOfFile: path, encoding: .utf8))
     }
 
     static func base64URL(_ data: Data) -> String {
-        data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(
+            of: "=", with: "")
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import Testing
+
 @testable import OrderStatusService
 
 /// Every error the contract lists answers its status with a problem body, never a 5xx.
@@ -132,8 +133,10 @@ struct BadInputTests {
         try await TestService.with { service in
             let id = uniqueOrderID()
             try await service.createOrder(id)
-            for (method, path, allow) in [(HTTPMethod.GET, "/orders", "POST"), (.DELETE, "/orders/\(id)", "GET"), (.PUT, "/orders/\(id)/status", "POST"),
-                                          (.TRACE, "/healthz", "GET"), (.PATCH, "/events/order-status/\(id)", "GET")] {
+            for (method, path, allow) in [
+                (HTTPMethod.GET, "/orders", "POST"), (.DELETE, "/orders/\(id)", "GET"), (.PUT, "/orders/\(id)/status", "POST"),
+                (.TRACE, "/healthz", "GET"), (.PATCH, "/events/order-status/\(id)", "GET"),
+            ] {
                 let response = try await service.request(method, path)
                 try Self.expectProblem(response, 405, "\(method) \(path)")
                 #expect(response.headers.first(name: "allow")?.hasPrefix(allow) == true, "\(method) \(path)")

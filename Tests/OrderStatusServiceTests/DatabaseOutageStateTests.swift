@@ -1,4 +1,5 @@
 import Testing
+
 @testable import OrderStatusService
 
 /// The store's outage rules on their own, on a clock the test moves.

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import OrderStatusService
 
 @Suite("Status model")
@@ -7,13 +8,13 @@ struct StatusModelTests {
     /// Rows are the current status, columns the requested one, both in declaration order.
     static let matrix: [OrderStatus: String] = [
         //            pe pa pr sh de ca fa
-        .pending:    "n  a  a  a  a  a  a",
-        .paid:       "x  n  a  a  a  a  a",
+        .pending: "n  a  a  a  a  a  a",
+        .paid: "x  n  a  a  a  a  a",
         .processing: "x  x  n  a  a  a  a",
-        .shipped:    "x  x  x  n  a  x  a",
-        .delivered:  "x  x  x  x  n  x  x",
-        .cancelled:  "x  x  x  x  x  n  x",
-        .failed:     "x  x  x  x  x  x  n",
+        .shipped: "x  x  x  n  a  x  a",
+        .delivered: "x  x  x  x  n  x  x",
+        .cancelled: "x  x  x  x  x  n  x",
+        .failed: "x  x  x  x  x  x  n",
     ]
 
     static func expected(from: OrderStatus, to: OrderStatus) -> StatusTransition {

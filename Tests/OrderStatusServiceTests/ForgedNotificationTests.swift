@@ -1,6 +1,7 @@
 import Foundation
 import PostgresNIO
 import Testing
+
 @testable import OrderStatusService
 
 /// NOTIFY needs no privilege: any role that can connect can send any payload on any channel. These

@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import Testing
+
 @testable import OrderStatusService
 
 /// HTTPS with HTTP/2 when a certificate and key are configured: many event streams share one
@@ -35,7 +36,9 @@ struct HTTP2Tests {
                 #expect(stream.headers.first(name: "connection") == nil)
                 #expect(try await stream.events(1).map(\.id) == created)
             }
-            try await eventually("\(Self.streamCount) open streams") { try await service.metric("order_status_open_streams") == Double(Self.streamCount) }
+            try await eventually("\(Self.streamCount) open streams") {
+                try await service.metric("order_status_open_streams") == Double(Self.streamCount)
+            }
             #expect(try serverConnections(port: service.port) == 1, "\(Self.streamCount) streams and the REST calls on one connection")
 
             try await service.changeStatus(id, to: "paid")
@@ -46,7 +49,9 @@ struct HTTP2Tests {
             // A stream the client drops (RST_STREAM, the connection stays) is forgotten at once.
             streams[0].close()
             streams[1].close()
-            try await eventually("two dropped streams forgotten") { try await service.metric("order_status_open_streams") == Double(Self.streamCount - 2) }
+            try await eventually("two dropped streams forgotten") {
+                try await service.metric("order_status_open_streams") == Double(Self.streamCount - 2)
+            }
             #expect(try serverConnections(port: service.port) == 1)
 
             try await service.changeStatus(id, to: "delivered")
@@ -67,13 +72,17 @@ struct HTTP2Tests {
             let id = uniqueOrderID("C2")
             try await service.createOrder(id)
             let url = "\(service.baseURL)/events/order-status/\(id)"
-            var arguments = ["--http2", "-k", "-sS", "--noproxy", "*", "--max-time", "60", "--parallel", "--parallel-max", "50",
-                             "-w", "%{http_version} %{num_connects}\\n"]
+            var arguments = [
+                "--http2", "-k", "-sS", "--noproxy", "*", "--max-time", "60", "--parallel", "--parallel-max", "50",
+                "-w", "%{http_version} %{num_connects}\\n",
+            ]
             let bodies = (1...Self.streamCount).map { "\(certificate.folder)/stream-\($0).txt" }
             for body in bodies { arguments += ["-o", body, url] }
             let (status, output) = try await ChildProcesses.with { children in
                 let curl = try await children.start("/usr/bin/curl", arguments)
-                try await eventually("curl's \(Self.streamCount) streams open") { try await service.metric("order_status_open_streams") == Double(Self.streamCount) }
+                try await eventually("curl's \(Self.streamCount) streams open") {
+                    try await service.metric("order_status_open_streams") == Double(Self.streamCount)
+                }
                 #expect(try serverConnections(port: service.port) <= 2, "curl's one connection, and the suite client's")
 
                 // The terminal event ends every stream, and with them curl.
@@ -165,12 +174,23 @@ struct HTTP2Tests {
         let other = try await SelfSignedCertificate.make()
         #expect(try ServiceSettings(values: base).tls == nil, "plain HTTP without them")
         #expect(try ServiceSettings(values: base.merging(certificate.settings) { $1 }).tls != nil)
-        #expect(error(["TLS_CERTIFICATE_FILE": certificate.certificatePath])?.hasPrefix("TLS_CERTIFICATE_FILE is set but TLS_PRIVATE_KEY_FILE is not") == true)
-        #expect(error(["TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.hasPrefix("TLS_PRIVATE_KEY_FILE is set but TLS_CERTIFICATE_FILE is not") == true)
-        #expect(error(["TLS_CERTIFICATE_FILE": "/nonexistent/cert.pem", "TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.hasPrefix("TLS_CERTIFICATE_FILE: cannot read") == true)
-        #expect(error(["TLS_CERTIFICATE_FILE": certificate.keyPath, "TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.contains("holds no PEM certificate") == true)
-        #expect(error(["TLS_CERTIFICATE_FILE": certificate.certificatePath, "TLS_PRIVATE_KEY_FILE": certificate.certificatePath])?.contains("holds no unencrypted PEM private key") == true)
-        #expect(error(["TLS_CERTIFICATE_FILE": certificate.certificatePath, "TLS_PRIVATE_KEY_FILE": other.keyPath])?.contains("is not the key of the certificate") == true)
+        #expect(
+            error(["TLS_CERTIFICATE_FILE": certificate.certificatePath])?.hasPrefix("TLS_CERTIFICATE_FILE is set but TLS_PRIVATE_KEY_FILE is not")
+                == true)
+        #expect(
+            error(["TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.hasPrefix("TLS_PRIVATE_KEY_FILE is set but TLS_CERTIFICATE_FILE is not") == true)
+        #expect(
+            error(["TLS_CERTIFICATE_FILE": "/nonexistent/cert.pem", "TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.hasPrefix(
+                "TLS_CERTIFICATE_FILE: cannot read") == true)
+        #expect(
+            error(["TLS_CERTIFICATE_FILE": certificate.keyPath, "TLS_PRIVATE_KEY_FILE": certificate.keyPath])?.contains("holds no PEM certificate")
+                == true)
+        #expect(
+            error(["TLS_CERTIFICATE_FILE": certificate.certificatePath, "TLS_PRIVATE_KEY_FILE": certificate.certificatePath])?.contains(
+                "holds no unencrypted PEM private key") == true)
+        #expect(
+            error(["TLS_CERTIFICATE_FILE": certificate.certificatePath, "TLS_PRIVATE_KEY_FILE": other.keyPath])?.contains(
+                "is not the key of the certificate") == true)
         for message in [error(["TLS_CERTIFICATE_FILE": certificate.certificatePath]), error(["TLS_PRIVATE_KEY_FILE": other.keyPath])] {
             #expect(message?.contains("\n") == false, "one line")
         }
@@ -189,11 +209,13 @@ struct SelfSignedCertificate {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let certificate = SelfSignedCertificate(folder: folder)
         let openssl = ["/usr/bin/openssl", "/usr/local/bin/openssl"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/openssl"
-        let (status, output) = try await ChildProcess.run(openssl, [
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", certificate.keyPath, "-out", certificate.certificatePath,
-        ])
+        let (status, output) = try await ChildProcess.run(
+            openssl,
+            [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout", certificate.keyPath, "-out", certificate.certificatePath,
+            ])
         guard status == 0 else { throw TestFailure("openssl req failed: \(output)") }
         return certificate
     }

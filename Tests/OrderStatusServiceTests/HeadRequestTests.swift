@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OrderStatusService
 
 /// HEAD on every GET route answers as the GET would, without a body (RFC 9110 §9.3.2), over a
@@ -11,8 +12,10 @@ struct HeadRequestTests {
             // Terminal, so its stream's GET ends by itself.
             let id = uniqueOrderID("H")
             try await service.createOrder(id, status: "delivered")
-            let paths = ["/orders/\(id)", "/orders/\(id)/events", "/orders/\(id)/status/poll", "/events/order-status/\(id)", "/orders/nope-\(id)",
-                         "/events/order-status/nope-\(id)", "/healthz", "/readyz", "/metrics", "/", "/app.js", "/app.css"]
+            let paths = [
+                "/orders/\(id)", "/orders/\(id)/events", "/orders/\(id)/status/poll", "/events/order-status/\(id)", "/orders/nope-\(id)",
+                "/events/order-status/nope-\(id)", "/healthz", "/readyz", "/metrics", "/", "/app.js", "/app.css",
+            ]
             for path in paths {
                 let get = try await RawResponse.exchange("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", port: service.port)
                 let head = try await RawResponse.exchange("HEAD \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", port: service.port)

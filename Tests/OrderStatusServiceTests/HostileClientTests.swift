@@ -1,11 +1,12 @@
 import Foundation
 import Testing
+
 @testable import OrderStatusService
 
 /// HTTP/1 peers that send too slowly, read too slowly, or send what the parser refuses, over raw
 /// sockets: each is closed within its bound (docs/operations.md, "Hostile clients") while a
 /// well-behaved client keeps being served.
-@Suite("HostileClients", .timeLimit(.minutes(5)))
+@Suite("Hostile clients", .timeLimit(.minutes(5)))
 struct HostileClientTests {
     /// Sends `bytes` one at a time, `pause` apart, until they are out or the server has closed.
     static func trickle(_ bytes: String, on connection: RawConnection, pause: Duration = .milliseconds(100)) async throws {
@@ -39,7 +40,8 @@ struct HostileClientTests {
             let bodyClose = try await Self.timeToClose(
                 service, trickling: "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n" + body
             )
-            let headerClose = try await Self.timeToClose(service, trickling: "GET /healthz HTTP/1.1\r\nHost: x\r\n" + String(repeating: "X-Slow: 1\r\n", count: 50))
+            let headerClose = try await Self.timeToClose(
+                service, trickling: "GET /healthz HTTP/1.1\r\nHost: x\r\n" + String(repeating: "X-Slow: 1\r\n", count: 50))
             print("hostile: trickled request closed after \(bodyClose), trickled header after \(headerClose) (bound 1 s)")
             for took in [bodyClose, headerClose] {
                 #expect(took >= .milliseconds(900) && took < .seconds(3), "closed after \(took)")

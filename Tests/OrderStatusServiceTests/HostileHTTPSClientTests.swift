@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP2
 import Testing
+
 @testable import OrderStatusService
 
 /// Clients of the HTTPS port that would hold it without a bound: peers that never finish a TLS

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import Testing
+
 @testable import OrderStatusService
 
 /// An event table the test commits to, read by the hub through `OrderEventReader`. A read takes
@@ -28,8 +29,9 @@ actor ScriptedEventTable: OrderEventReader {
     /// Commits the order's next event and returns it, with its id `gap` above the last one.
     @discardableResult
     func commit(idGap gap: Int64 = 1, status: OrderStatus = .processing) -> OrderEvent {
-        let event = OrderEvent(id: (events.last?.id ?? 0) + gap, orderID: orderID, status: status, previousStatus: events.last?.status,
-                               version: events.count + 1, occurredAt: "2026-12-01T10:00:00.000Z", metadata: nil)
+        let event = OrderEvent(
+            id: (events.last?.id ?? 0) + gap, orderID: orderID, status: status, previousStatus: events.last?.status,
+            version: events.count + 1, occurredAt: "2026-12-01T10:00:00.000Z", metadata: nil)
         events.append(event)
         return event
     }
@@ -48,8 +50,9 @@ actor ScriptedEventTable: OrderEventReader {
 
     func events(of id: OrderID, after: Int64, limit: Int) async throws -> EventPage? {
         guard id == orderID, !events.isEmpty else { return nil }
-        let page = EventPage(orderStatus: events.last!.status, orderVersion: events.count,
-                             events: Array(events.lazy.filter { $0.id > after }.prefix(limit)))
+        let page = EventPage(
+            orderStatus: events.last!.status, orderVersion: events.count,
+            events: Array(events.lazy.filter { $0.id > after }.prefix(limit)))
         readPositions.append(after)
         readCalls.yield(after)
         if failuresToThrow > 0 {
@@ -95,8 +98,9 @@ struct HubInterleavingTests {
 
     static func withHub(_ table: ScriptedEventTable, _ body: @Sendable (OrderEventHub, DeliveryMetrics) async throws -> Void) async throws {
         let metrics = DeliveryMetrics()
-        let hub = OrderEventHub(reader: table, configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero),
-                                metrics: metrics, logger: testLogger)
+        let hub = OrderEventHub(
+            reader: table, configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero),
+            metrics: metrics, logger: testLogger)
         let group = ServiceGroup(configuration: .init(services: [hub], logger: testLogger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -250,8 +254,9 @@ struct HubInterleavingTests {
         let table = ScriptedEventTable(orderID: OrderID("H-8")!)
         await table.commit(status: .pending)
         let metrics = DeliveryMetrics()
-        let hub = OrderEventHub(reader: table, configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero),
-                                metrics: metrics, logger: testLogger)
+        let hub = OrderEventHub(
+            reader: table, configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero),
+            metrics: metrics, logger: testLogger)
         let group = ServiceGroup(configuration: .init(services: [hub], logger: testLogger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }

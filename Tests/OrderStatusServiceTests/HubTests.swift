@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Testing
+
 @testable import OrderStatusService
 
 /// The hub on its own, with the real store and listener but no HTTP, to reach states a socket
@@ -66,7 +67,8 @@ struct HubTests {
             let (frames, mailbox) = OrderEventHub.StreamMailbox.makeStream()
             _ = await parts.hub.subscribe(to: order.id, after: created.id, sink: mailbox)
             @Sendable func reads() -> String? {
-                parts.metrics.registry.emitToString().split(separator: "\n").first { $0.hasPrefix("order_status_hub_event_reads_total ") }.map(String.init)
+                parts.metrics.registry.emitToString().split(separator: "\n").first { $0.hasPrefix("order_status_hub_event_reads_total ") }.map(
+                    String.init)
             }
             // The new subscriber's entry is read once; wait for it so the changes find it done.
             try await eventually("the hub's first read") { reads() == "order_status_hub_event_reads_total 1" }

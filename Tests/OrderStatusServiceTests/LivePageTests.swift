@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import Testing
+
 @testable import OrderStatusService
 
 /// The live page's routes over a real socket. What the page does in a browser is

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OrderStatusService
 
 @Suite("Long poll", .timeLimit(.minutes(5)))

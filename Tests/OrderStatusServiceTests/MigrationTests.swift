@@ -1,19 +1,23 @@
 import Foundation
 import PostgresNIO
 import Testing
+
 @testable import OrderStatusService
 
 @Suite("Migrations", .timeLimit(.minutes(5)))
 struct MigrationTests {
     /// Runs `order-status ARGS` to its end and returns its exit status and output. It runs in `/`,
     /// so the migrations it applies cannot come from the checkout's sql/.
-    static func runCommand(_ arguments: [String], databaseURL: String, settings: [String: String] = [:]) async throws -> (status: Int32, output: String) {
+    static func runCommand(
+        _ arguments: [String], databaseURL: String, settings: [String: String] = [:]
+    ) async throws -> (status: Int32, output: String) {
         var values = ProcessInfo.processInfo.environment
         values["DATABASE_URL"] = databaseURL
         values.merge(settings) { $1 }
         let environment = values
         return try await withDeadline(.seconds(60), "order-status \(arguments.joined(separator: " "))") {
-            try await ChildProcess.run("/bin/sh", ["-c", #"cd / && exec "$0" "$@""#, try ServiceProcess.executable] + arguments, environment: environment)
+            try await ChildProcess.run(
+                "/bin/sh", ["-c", #"cd / && exec "$0" "$@""#, try ServiceProcess.executable] + arguments, environment: environment)
         }
     }
 
@@ -53,21 +57,26 @@ struct MigrationTests {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        try FileManager.default.copyItem(atPath: Self.sqlFolder.appendingPathComponent("001_orders_and_events.sql").path, toPath: folder + "/001_orders_and_events.sql")
+        try FileManager.default.copyItem(
+            atPath: Self.sqlFolder.appendingPathComponent("001_orders_and_events.sql").path, toPath: folder + "/001_orders_and_events.sql")
         let database = try await TestDatabase.createFresh()
         let first = try await Self.runCommand(["migrate"], databaseURL: database, settings: ["MIGRATIONS_DIR": folder])
         #expect(first.status == 0, "\(first.output)")
-        let connection = try await PostgresConnection.connect(configuration: try DatabaseURL(database).connectionConfiguration(), id: 2, logger: testLogger)
+        let connection = try await PostgresConnection.connect(
+            configuration: try DatabaseURL(database).connectionConfiguration(), id: 2, logger: testLogger)
         let given = #"{"bb": [1, 2.50, null, true], "a": {"x": "y, z: \"q\"", "e": {}}, "c": []}"#
-        _ = try await connection.query("""
+        _ = try await connection.query(
+            """
             WITH o AS (INSERT INTO orders VALUES ('M-1', 'pending', 1, \(given)::jsonb, now(), now(), 1) RETURNING *)
             INSERT INTO order_events SELECT 1, id, status, NULL, 1, created_at, metadata FROM o
-            """, logger: testLogger).collect()
+            """, logger: testLogger
+        ).collect()
         let rest = try await Self.runCommand(["migrate"], databaseURL: database)
         #expect(rest.status == 0, "\(rest.output)")
         var stored: [String] = []
         for try await text in try await connection.query(
-            "SELECT metadata::text FROM orders UNION ALL SELECT metadata::text FROM order_events", logger: testLogger).decode(String.self) {
+            "SELECT metadata::text FROM orders UNION ALL SELECT metadata::text FROM order_events", logger: testLogger
+        ).decode(String.self) {
             stored.append(text)
         }
         try await connection.close()
@@ -78,7 +87,8 @@ struct MigrationTests {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        try FileManager.default.copyItem(atPath: Self.sqlFolder.appendingPathComponent("001_orders_and_events.sql").path, toPath: folder + "/001_orders_and_events.sql")
+        try FileManager.default.copyItem(
+            atPath: Self.sqlFolder.appendingPathComponent("001_orders_and_events.sql").path, toPath: folder + "/001_orders_and_events.sql")
         try "CREATE TABLE from_migrations_dir (x int);".write(toFile: folder + "/002_from_the_folder.sql", atomically: true, encoding: .utf8)
         try "not a migration".write(toFile: folder + "/notes.txt", atomically: true, encoding: .utf8)
         let database = try await TestDatabase.createFresh()

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import Testing
+
 @testable import OrderStatusService
 
 /// JSON logs with request ids, the HTTP, delivery and database metrics at /metrics.
@@ -18,11 +19,13 @@ struct ObservabilityTests {
         logger[metadataKey: "request_id"] = "req-42"
         // Everything JSON must escape, and what it must not mangle.
         let message = "quote \" backslash \\ newline \n return \r tab \t nul \u{0} bell \u{7} unit \u{1F} é 🚚 \u{2028} </script>"
-        logger.info("\(message)", metadata: [
-            "count": "\(3)",
-            "nested": ["list": ["a", "b \"c\""], "inner": "x"],
-            "message": "a metadata key named like a fixed field",
-        ])
+        logger.info(
+            "\(message)",
+            metadata: [
+                "count": "\(3)",
+                "nested": ["list": ["a", "b \"c\""], "inner": "x"],
+                "message": "a metadata key named like a fixed field",
+            ])
         logger.debug("second")
         logger.trace("below the level: not written")
 
@@ -60,7 +63,7 @@ struct ObservabilityTests {
     @Test func timestampsAgreeWithFoundation() throws {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        var instants = [0, 951_782_400, 951_868_800, 4_107_542_399] // 1970, 2000-02-29, 2000-03-01, 2100-02-28T23:59:59
+        var instants = [0, 951_782_400, 951_868_800, 4_107_542_399]  // 1970, 2000-02-29, 2000-03-01, 2100-02-28T23:59:59
         for _ in 0..<500 { instants.append(Int.random(in: 0..<4_102_444_800)) }
         for seconds in instants {
             let milliseconds = Int.random(in: 0..<1000)
@@ -88,9 +91,11 @@ struct ObservabilityTests {
     /// lines written for a request carry the id its response echoes (the client's when sane).
     @Test func jsonLogLinesCarryTheRequestID() async throws {
         try await ChildProcesses.with { children in
-            let process = try await ServiceProcess(on: children, databaseURL: TestDatabase.url, settings: [
-                "LOG_FORMAT": "json", "LOG_LEVEL": "debug", "AUTH_HS256_SECRET": AuthorizationTests.secret,
-            ])
+            let process = try await ServiceProcess(
+                on: children, databaseURL: TestDatabase.url,
+                settings: [
+                    "LOG_FORMAT": "json", "LOG_LEVEL": "debug", "AUTH_HS256_SECRET": AuthorizationTests.secret,
+                ])
             let service = process.service
             let badToken = [("Authorization", "Bearer not-a-token")]
             // A refused token is logged at debug by the authorization middleware, inside the request.
@@ -105,7 +110,8 @@ struct ObservabilityTests {
             // A stream asked for on a fresh connection is answered outside Hummingbird's request loop
             // (EventStreamResponder); its id flows the same way.
             let raw = try await RawConnection.open(port: service.port)
-            try await raw.send("GET /events/order-status/A1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\nX-Request-Id: stream-id-19\r\n\r\n")
+            try await raw.send(
+                "GET /events/order-status/A1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\nX-Request-Id: stream-id-19\r\n\r\n")
             let streamAnswer = try await raw.readUntilClosed(within: .seconds(5))
             #expect(streamAnswer.hasPrefix("HTTP/1.1 401"), "\(streamAnswer)")
             #expect(streamAnswer.lowercased().contains("\r\nx-request-id: stream-id-19\r\n"), "\(streamAnswer)")
@@ -164,8 +170,10 @@ struct ObservabilityTests {
             #expect(counts[["route": "/events/order-status/{id}", "method": "GET", "status": "200"]] == 1)
             // No raw path or id ever becomes a label value.
             #expect(!text.contains(id) && !text.contains(done), "an order id leaked into a label")
-            let templates: Set = ["/orders", "/orders/{id}", "/orders/{id}/status", "/orders/{id}/events", "/orders/{id}/status/poll",
-                                  "/events/order-status/{id}", "/healthz", "/readyz", "/metrics", "unmatched"]
+            let templates: Set = [
+                "/orders", "/orders/{id}", "/orders/{id}/status", "/orders/{id}/events", "/orders/{id}/status/poll",
+                "/events/order-status/{id}", "/healthz", "/readyz", "/metrics", "unmatched",
+            ]
             #expect(Set(counts.keys.compactMap { $0["route"] }).isSubset(of: templates), "\(counts.keys)")
             // Each histogram is whole: its +Inf bucket counts every sample.
             let infinite = Self.samples(of: "order_status_http_request_duration_seconds_bucket", in: text).filter { $0.key["le"] == "+Inf" }

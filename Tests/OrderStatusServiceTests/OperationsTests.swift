@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OrderStatusService
 
 /// Limits, timeouts, reconnect-storm damping, CORS, and the database going away.
@@ -140,9 +141,11 @@ struct OperationsTests {
             let stream = try await service.get("/events/order-status/\(uniqueOrderID("V"))", headers: [("Origin", "https://evil.example")])
             #expect(stream.status == 404)
             for response in [allowed, other, none, stream] { #expect(response.headers["vary"].contains("Origin"), "\(response.headers)") }
-            let preflight = try await service.request(.OPTIONS, "/orders/x/status", headers: [
-                ("Origin", "https://admin.example"), ("Access-Control-Request-Method", "POST"),
-            ])
+            let preflight = try await service.request(
+                .OPTIONS, "/orders/x/status",
+                headers: [
+                    ("Origin", "https://admin.example"), ("Access-Control-Request-Method", "POST"),
+                ])
             #expect(preflight.status == 204)
             #expect(preflight.headers.first(name: "access-control-allow-headers")?.contains("If-Match") == true)
         }
@@ -151,35 +154,38 @@ struct OperationsTests {
     /// While PostgreSQL is down: requests that need it answer 503 within the bound, streams stay
     /// open on heartbeats, /readyz says 503. When it returns, everything resumes with no loss.
     @Test func databaseOutage() async throws {
-        try await PostgresCluster.with { cluster in try await TestService.with(databaseURL: cluster.url, settings: ["DATABASE_TIMEOUT_SECONDS": "1", "HEARTBEAT_SECONDS": "0.5"]) { service in
-            let id = uniqueOrderID("U")
-            try await service.createOrder(id)
-            let stream = try await SSEConnection.open(service, orderID: id)
-            _ = try await stream.events(1)
-            try await cluster.stop()
+        try await PostgresCluster.with { cluster in
+            try await TestService.with(databaseURL: cluster.url, settings: ["DATABASE_TIMEOUT_SECONDS": "1", "HEARTBEAT_SECONDS": "0.5"]) { service in
+                let id = uniqueOrderID("U")
+                try await service.createOrder(id)
+                let stream = try await SSEConnection.open(service, orderID: id)
+                _ = try await stream.events(1)
+                try await cluster.stop()
 
-            let clock = ContinuousClock()
-            for request in [("POST", "/orders/\(id)/status"), ("GET", "/orders/\(id)"), ("POST", "/orders"), ("GET", "/orders/\(id)/events")] {
-                let start = clock.now
-                let response = request.0 == "POST"
-                    ? try await service.post(request.1, #"{"status":"paid"}"#)
-                    : try await service.get(request.1)
-                #expect(response.status == 503, "\(request)")
-                #expect(response.headers.first(name: "retry-after") != nil)
-                #expect(!(try response.problem["detail"] as? String ?? "").contains("PSQL"), "no internals")
-                #expect(clock.now - start < .seconds(4), "\(request) answered after \(clock.now - start)")
+                let clock = ContinuousClock()
+                for request in [("POST", "/orders/\(id)/status"), ("GET", "/orders/\(id)"), ("POST", "/orders"), ("GET", "/orders/\(id)/events")] {
+                    let start = clock.now
+                    let response =
+                        request.0 == "POST"
+                        ? try await service.post(request.1, #"{"status":"paid"}"#)
+                        : try await service.get(request.1)
+                    #expect(response.status == 503, "\(request)")
+                    #expect(response.headers.first(name: "retry-after") != nil)
+                    #expect(!(try response.problem["detail"] as? String ?? "").contains("PSQL"), "no internals")
+                    #expect(clock.now - start < .seconds(4), "\(request) answered after \(clock.now - start)")
+                }
+                #expect(try await service.get("/readyz").status == 503)
+                // The stream stays open: heartbeats keep coming.
+                #expect(try await stream.next(within: .seconds(3)) == .comment("heartbeat"))
+
+                try await cluster.start()
+                try await ResilienceTests.changeRetrying(service, id, to: "paid")
+                try await ResilienceTests.changeRetrying(service, id, to: "delivered")
+                let received = try await stream.readToEnd(within: .seconds(20)).map(\.id)
+                #expect(received == Array(try await service.eventIDs(of: id).dropFirst()))
+                try await service.waitUntilReady()
             }
-            #expect(try await service.get("/readyz").status == 503)
-            // The stream stays open: heartbeats keep coming.
-            #expect(try await stream.next(within: .seconds(3)) == .comment("heartbeat"))
-
-            try await cluster.start()
-            try await ResilienceTests.changeRetrying(service, id, to: "paid")
-            try await ResilienceTests.changeRetrying(service, id, to: "delivered")
-            let received = try await stream.readToEnd(within: .seconds(20)).map(\.id)
-            #expect(received == Array(try await service.eventIDs(of: id).dropFirst()))
-            try await service.waitUntilReady()
-        } }
+        }
     }
 
     /// Two instances; one is killed outright while its clients stream. They reconnect to the other

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OrderStatusService
 
 /// The REST endpoints over a real socket against a real PostgreSQL.
@@ -77,7 +78,9 @@ struct OrderAPITests {
             let events = try await service.get("/orders/\(id)/events")
             let poll = try await service.get("/orders/\(id)/status/poll?after=0&timeout=0")
             let order = try await service.get("/orders/\(id)")
-            for (what, response, copies) in [("create", created, 1), ("change", changed, 2), ("events", events, 2), ("poll", poll, 2), ("order", order, 1)] {
+            for (what, response, copies) in [
+                ("create", created, 1), ("change", changed, 2), ("events", events, 2), ("poll", poll, 2), ("order", order, 1),
+            ] {
                 #expect(response.body.components(separatedBy: compact).count - 1 == copies, "\(what)")
                 #expect(response.body.utf8.count < copies * 4096 + 1024, "\(what) is \(response.body.utf8.count) bytes")
             }
@@ -210,7 +213,9 @@ struct OrderAPITests {
             let results = await withTaskGroup(of: (status: Int, eventID: Int?).self) { group in
                 for index in 0..<16 {
                     group.addTask {
-                        guard let response = try? await service.changeStatus(id, to: targets[index % 4], metadata: #"{"writer":\#(index)}"#) else { return (-1, nil) }
+                        guard let response = try? await service.changeStatus(id, to: targets[index % 4], metadata: #"{"writer":\#(index)}"#) else {
+                            return (-1, nil)
+                        }
                         let event = (try? response.json["event"]) as? [String: Any]
                         return (response.status, event?["id"] as? Int)
                     }
@@ -250,9 +255,9 @@ struct OrderAPITests {
                         var wins = 0
                         for _ in 0..<40 {
                             guard let order = try? await service.get("/orders/\(id)").json,
-                                  let version = order["version"] as? Int, let status = order["status"] as? String,
-                                  let index = walk.firstIndex(of: status).map({ $0 + 1 }) ?? (status == "pending" ? 0 : nil),
-                                  index < walk.count
+                                let version = order["version"] as? Int, let status = order["status"] as? String,
+                                let index = walk.firstIndex(of: status).map({ $0 + 1 }) ?? (status == "pending" ? 0 : nil),
+                                index < walk.count
                             else { break }
                             let response = try? await service.changeStatus(id, to: walk[index], ifMatch: "\"\(version)\"")
                             if response?.status == 200 { wins += 1 }

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import OrderStatusService
 
 /// The hub's delivery rules on their own: every input in every state, no PostgreSQL, no actor.
@@ -7,8 +8,9 @@ struct OrderDeliveryStateTests {
     static let order = OrderID("M-1")!
 
     static func event(_ id: Int64, version: Int, status: OrderStatus = .paid) -> OrderEvent {
-        OrderEvent(id: id, orderID: order, status: status, previousStatus: version == 1 ? nil : .pending, version: version,
-                   occurredAt: "2026-12-01T10:00:00.000Z", metadata: nil)
+        OrderEvent(
+            id: id, orderID: order, status: status, previousStatus: version == 1 ? nil : .pending, version: version,
+            occurredAt: "2026-12-01T10:00:00.000Z", metadata: nil)
     }
 
     static func page(_ events: [OrderEvent], orderVersion: Int? = nil) -> EventPage {

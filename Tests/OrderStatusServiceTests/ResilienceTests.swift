@@ -1,6 +1,7 @@
 import Foundation
 import PostgresNIO
 import Testing
+
 @testable import OrderStatusService
 
 /// Faults of the database and the processes: every subscriber still gets every event once, in order.
@@ -53,9 +54,11 @@ struct ResilienceTests {
             for id in orders { try await service.createOrder(id) }
             // The contract: the listener's connection runs nothing but LISTEN (its ping included).
             let listenerQueries = try await TestDatabase.admin { connection in
-                try await connection.query("""
+                try await connection.query(
+                    """
                     SELECT query FROM pg_stat_activity WHERE application_name = 'order-status-listener' AND datname = \(databaseName)
-                    """, logger: testLogger).collect().map { try $0.decode(String.self) }
+                    """, logger: testLogger
+                ).collect().map { try $0.decode(String.self) }
             }
             #expect(listenerQueries.count == 1)
             #expect(listenerQueries.allSatisfy { $0.uppercased().hasPrefix("LISTEN") }, "\(listenerQueries)")
@@ -66,10 +69,12 @@ struct ResilienceTests {
                 // arrive while it reconnects, and its catch-up must find them.
                 try await service.waitUntilReady()
                 let killed = try await TestDatabase.admin { connection in
-                    try await connection.query("""
+                    try await connection.query(
+                        """
                         SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                         WHERE application_name = 'order-status-listener' AND datname = \(databaseName)
-                        """, logger: testLogger).collect().first?.decode(Int.self) ?? 0
+                        """, logger: testLogger
+                    ).collect().first?.decode(Int.self) ?? 0
                 }
                 #expect(killed == 1)
             }
@@ -84,15 +89,18 @@ struct ResilienceTests {
     @Test func hungListenerBackendIsFoundByThePing() async throws {
         let database = try await TestDatabase.createFresh()
         let databaseName = try DatabaseURL(database).database
-        try await TestService.with(databaseURL: database, settings: ["LISTENER_PING_SECONDS": "0.3", "LISTENER_PING_TIMEOUT_SECONDS": "0.5"]) { service in
+        try await TestService.with(databaseURL: database, settings: ["LISTENER_PING_SECONDS": "0.3", "LISTENER_PING_TIMEOUT_SECONDS": "0.5"]) {
+            service in
             let id = uniqueOrderID("W")
             try await service.createOrder(id)
             let stream = try await SSEConnection.open(service, orderID: id)
             _ = try await stream.events(1)
             let pid = try await TestDatabase.admin { connection in
-                try await connection.query("""
+                try await connection.query(
+                    """
                     SELECT pid FROM pg_stat_activity WHERE application_name = 'order-status-listener' AND datname = \(databaseName)
-                    """, logger: testLogger).collect().first?.decode(Int32.self)
+                    """, logger: testLogger
+                ).collect().first?.decode(Int32.self)
             }
             let backend = try #require(pid)
             kill(backend, SIGSTOP)
@@ -111,26 +119,28 @@ struct ResilienceTests {
     }
 
     @Test func postgresRestartedWhileStreamsAreOpen() async throws {
-        try await PostgresCluster.with { cluster in try await TestService.with(databaseURL: cluster.url) { service in
-            let orders = (0..<6).map { _ in uniqueOrderID("B") }
-            for id in orders { try await service.createOrder(id) }
-            let streams = try await Self.openStreams(service, orders)
-            for id in orders { try await service.changeStatus(id, to: "paid") }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for status in Self.walk.dropFirst() {
-                        for id in orders { try await Self.changeRetrying(service, id, to: status) }
+        try await PostgresCluster.with { cluster in
+            try await TestService.with(databaseURL: cluster.url) { service in
+                let orders = (0..<6).map { _ in uniqueOrderID("B") }
+                for id in orders { try await service.createOrder(id) }
+                let streams = try await Self.openStreams(service, orders)
+                for id in orders { try await service.changeStatus(id, to: "paid") }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for status in Self.walk.dropFirst() {
+                            for id in orders { try await Self.changeRetrying(service, id, to: status) }
+                        }
                     }
+                    try await cluster.stop()
+                    let readiness = try await service.get("/readyz")
+                    #expect(readiness.status == 503, "not ready while PostgreSQL is down")
+                    try await cluster.start()
+                    try await group.waitForAll()
                 }
-                try await cluster.stop()
-                let readiness = try await service.get("/readyz")
-                #expect(readiness.status == 503, "not ready while PostgreSQL is down")
-                try await cluster.start()
-                try await group.waitForAll()
+                try await Self.expectExactDelivery(streams, orders, service)
+                try await service.waitUntilReady()
             }
-            try await Self.expectExactDelivery(streams, orders, service)
-            try await service.waitUntilReady()
-        } }
+        }
     }
 
     /// While PostgreSQL is away, one operation waits for it; the requests after it fail at once
@@ -187,7 +197,8 @@ struct ResilienceTests {
 
     @Test func sigtermEndsOpenStreamsAndTheProcessExits() async throws {
         try await ChildProcesses.with { children in
-            let process = try await ServiceProcess(on: children, databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5", "SHUTDOWN_SPREAD_SECONDS": "1"])
+            let process = try await ServiceProcess(
+                on: children, databaseURL: TestDatabase.url, settings: ["SHUTDOWN_TIMEOUT_SECONDS": "5", "SHUTDOWN_SPREAD_SECONDS": "1"])
             let service = process.service
             let orders = (0..<10).map { _ in uniqueOrderID("G") }
             for id in orders { try await service.createOrder(id) }

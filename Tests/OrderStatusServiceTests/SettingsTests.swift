@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+
 @testable import OrderStatusService
 
 /// The one table of settings (`Setting.all`): how it is read, what `--help` and the README make of
@@ -47,11 +48,13 @@ struct SettingsTests {
 
     @Test func theStartupLogSaysWhereEachGivenSettingCameFromAndShowsNoSecret() throws {
         let secret = "an-hs256-secret-of-thirty-two-bytes-or-more"
-        let source = SettingsSource(flags: ["PORT": "9000", "AUTH_HS256_SECRET": secret], environment: Self.base.merging(["LOG_LEVEL": "debug"]) { $1 })
+        let source = SettingsSource(
+            flags: ["PORT": "9000", "AUTH_HS256_SECRET": secret], environment: Self.base.merging(["LOG_LEVEL": "debug"]) { $1 })
         let settings = try ServiceSettings(source)
         #expect(settings.authorization != nil)
         let expected: Logger.Metadata = [
-            "PORT": "9000 (flag)", "LOG_LEVEL": "debug (environment)", "DATABASE_URL": "<redacted> (environment)", "AUTH_HS256_SECRET": "<redacted> (flag)",
+            "PORT": "9000 (flag)", "LOG_LEVEL": "debug (environment)", "DATABASE_URL": "<redacted> (environment)",
+            "AUTH_HS256_SECRET": "<redacted> (flag)",
         ]
         #expect(settings.given == expected)
         #expect(!"\(settings.given)".contains("hunter2") && !"\(settings.given)".contains(secret))

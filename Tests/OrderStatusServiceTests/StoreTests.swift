@@ -1,6 +1,7 @@
 import Foundation
 import PostgresNIO
 import Testing
+
 @testable import OrderStatusService
 
 /// The store and its notifications against the real database, below HTTP.
@@ -16,11 +17,13 @@ struct StoreTests {
         try await HubTests.withParts(["DATABASE_POOL_SIZE": "1"]) { parts in
             let store = parts.store
             let (plain, _) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("P"))!))
-            let (tagged, created) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("P"))!, metadata: try Self.metadata(#"{"customer":"c-9"}"#)))
+            let (tagged, created) = try await store.create(
+                NewOrder(id: OrderID(uniqueOrderID("P"))!, metadata: try Self.metadata(#"{"customer":"c-9"}"#)))
             #expect(tagged.metadata == #"{"customer":"c-9"}"#)
             #expect(created.metadata == tagged.metadata)
             _ = try await store.changeStatus(of: plain.id, to: StatusChange(status: .paid), allowedVersions: nil)
-            let outcome = try await store.changeStatus(of: plain.id, to: StatusChange(status: .processing, metadata: try Self.metadata(#"{"step":2}"#)), allowedVersions: [2])
+            let outcome = try await store.changeStatus(
+                of: plain.id, to: StatusChange(status: .processing, metadata: try Self.metadata(#"{"step":2}"#)), allowedVersions: [2])
             guard case .changed(let order, let event) = outcome else { throw TestFailure("the change was not written: \(outcome)") }
             #expect(order.version == 3)
             #expect(event.metadata == #"{"step":2}"#)
@@ -82,7 +85,8 @@ struct StoreTests {
             let given = #"{ "z" : 1e1000, "a" : [1.50, -0.0, 2E+3, 1e-1000], "k" : "\u00e9\n" , "a2": {"y":1,"x":2}}"#
             let compact = #"{"z":1e1000,"a":[1.50,-0.0,2E+3,1e-1000],"k":"é\n","a2":{"y":1,"x":2}}"#
             let (order, created) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("J"))!, metadata: try Self.metadata(given)))
-            let outcome = try await store.changeStatus(of: order.id, to: StatusChange(status: .paid, metadata: try Self.metadata(given)), allowedVersions: nil)
+            let outcome = try await store.changeStatus(
+                of: order.id, to: StatusChange(status: .paid, metadata: try Self.metadata(given)), allowedVersions: nil)
             guard case .changed(_, let changed) = outcome else { throw TestFailure("the change was not written: \(outcome)") }
             let page = try await store.events(of: order.id, after: 0, limit: 10)?.events ?? []
             let latest = try await store.latestEvent(of: order.id)

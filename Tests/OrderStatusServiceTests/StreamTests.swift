@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OrderStatusService
 
 /// The SSE endpoint over real sockets: frames, replay, live delivery, heartbeats and the end.
@@ -21,7 +22,8 @@ struct StreamTests {
             let json = try await service.eventJSON(of: id)
             let ids = try await service.eventIDs(of: id)
             #expect(live.map(\.id) == [ids[1]])
-            let expected = "retry: 2500\n\n"
+            let expected =
+                "retry: 2500\n\n"
                 + "id: \(ids[0])\nevent: order-status\ndata: \(json[ids[0]]!)\n\n"
                 + "id: \(ids[1])\nevent: order-status\ndata: \(json[ids[1]]!)\n\n"
             #expect(stream.raw == expected)

@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTPTypes
 import ServiceLifecycle
 import Testing
+
 @testable import OrderStatusService
 
 /// The HTTP/1 path that serves a connection's first request when it is a stream, outside

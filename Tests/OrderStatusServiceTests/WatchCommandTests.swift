@@ -1,6 +1,7 @@
 import Foundation
 import JWTKit
 import Testing
+
 @testable import OrderStatusService
 
 /// `order-status watch` as a user runs it: the built executable as a child process against a real
@@ -8,34 +9,36 @@ import Testing
 @Suite("order-status watch", .timeLimit(.minutes(5)))
 struct WatchCommandTests {
     @Test func printsEachChangeInOrderAndExitsAfterTheTerminalOne() async throws {
-        try await TestService.with { service in try await ChildProcesses.with { children in
-            let id = uniqueOrderID("WA")
-            try await service.createOrder(id, metadata: #"{"customer":"c-9"}"#)
-            let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL])
-            let json = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--json"])
-            try await watch.waitForEvents(1)
-            try await json.waitFor("the first JSON line") { $0.contains("\n") }
-            // Each change only once the previous line showed: the lines arrive live, one per change.
-            for (index, (status, metadata)) in [("paid", #"{"paymentRef":"p-1"}"#), ("processing", "null"), ("delivered", "null")].enumerated() {
-                #expect(try await service.changeStatus(id, to: status, metadata: metadata).status == 200)
-                try await watch.waitForEvents(index + 2)
-            }
-            #expect(try await watch.waitForExit() == 0, "\(watch.output)")
-            #expect(try await json.waitForExit() == 0, "\(json.output)")
+        try await TestService.with { service in
+            try await ChildProcesses.with { children in
+                let id = uniqueOrderID("WA")
+                try await service.createOrder(id, metadata: #"{"customer":"c-9"}"#)
+                let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL])
+                let json = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--json"])
+                try await watch.waitForEvents(1)
+                try await json.waitFor("the first JSON line") { $0.contains("\n") }
+                // Each change only once the previous line showed: the lines arrive live, one per change.
+                for (index, (status, metadata)) in [("paid", #"{"paymentRef":"p-1"}"#), ("processing", "null"), ("delivered", "null")].enumerated() {
+                    #expect(try await service.changeStatus(id, to: status, metadata: metadata).status == 200)
+                    try await watch.waitForEvents(index + 2)
+                }
+                #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+                #expect(try await json.waitForExit() == 0, "\(json.output)")
 
-            let ids = try await service.eventIDs(of: id)
-            let events = watch.events
-            #expect(events.map(\.id) == ids)
-            #expect(events.map(\.status) == ["pending", "paid", "processing", "delivered"])
-            #expect(events.map(\.previous) == ["created", "pending", "paid", "processing"])
-            #expect(events.map(\.version) == ["v1", "v2", "v3", "v4"])
-            #expect(events.map(\.metadata) == [#"{"customer":"c-9"}"#, #"{"paymentRef":"p-1"}"#, "", ""])
-            #expect(watch.output.split(separator: "\n").count == 4, "nothing but the four lines:\n\(watch.output)")
-            #expect(!watch.output.contains("\u{1B}["), "no colour when standard output is not a terminal")
-            // --json prints each event's data exactly as the service encodes it.
-            let encoded = try await service.eventJSON(of: id)
-            #expect(json.output.split(separator: "\n").map(String.init) == ids.map { encoded[$0]! })
-        } }
+                let ids = try await service.eventIDs(of: id)
+                let events = watch.events
+                #expect(events.map(\.id) == ids)
+                #expect(events.map(\.status) == ["pending", "paid", "processing", "delivered"])
+                #expect(events.map(\.previous) == ["created", "pending", "paid", "processing"])
+                #expect(events.map(\.version) == ["v1", "v2", "v3", "v4"])
+                #expect(events.map(\.metadata) == [#"{"customer":"c-9"}"#, #"{"paymentRef":"p-1"}"#, "", ""])
+                #expect(watch.output.split(separator: "\n").count == 4, "nothing but the four lines:\n\(watch.output)")
+                #expect(!watch.output.contains("\u{1B}["), "no colour when standard output is not a terminal")
+                // --json prints each event's data exactly as the service encodes it.
+                let encoded = try await service.eventJSON(of: id)
+                #expect(json.output.split(separator: "\n").map(String.init) == ids.map { encoded[$0]! })
+            }
+        }
     }
 
     @Test func resumesAfterTheServiceRestartsWithNothingMissedOrRepeated() async throws {
@@ -47,96 +50,114 @@ struct WatchCommandTests {
         // A deadline of its own: a service that cannot bind its port would leave TestService waiting.
         try await withDeadline(.seconds(120), "following across a restart") {
             // Another instance on the same database stays up throughout, to change the order meanwhile.
-            try await TestService.with { other in try await ChildProcesses.with { children in
-                let id = uniqueOrderID("WR")
-                try await other.createOrder(id)
-                let watch = try await TestService.with(settings: settings) { first in
-                    let watch = try await WatchProcess(on: children, [id, "--url", first.baseURL])
-                    try await watch.waitForEvents(1)
-                    try await first.changeStatus(id, to: "paid")
-                    try await watch.waitForEvents(2)
-                    return watch
+            try await TestService.with { other in
+                try await ChildProcesses.with { children in
+                    let id = uniqueOrderID("WR")
+                    try await other.createOrder(id)
+                    let watch = try await TestService.with(settings: settings) { first in
+                        let watch = try await WatchProcess(on: children, [id, "--url", first.baseURL])
+                        try await watch.waitForEvents(1)
+                        try await first.changeStatus(id, to: "paid")
+                        try await watch.waitForEvents(2)
+                        return watch
+                    }
+                    // The first instance has shut down, ending the stream: the command says so and retries.
+                    let paid = try await other.eventIDs(of: id)[1]
+                    try await watch.waitFor("the note on the drop") { $0.contains("connection lost") && $0.contains("(after event \(paid))") }
+                    try await watch.waitFor("a refused attempt") {
+                        $0.contains("cannot connect: connection refused; reconnecting in 0.2 s (after event \(paid))")
+                    }
+                    // Committed while no instance serves the command's URL: it must come from the replay.
+                    try await other.changeStatus(id, to: "processing")
+                    try await TestService.with(settings: settings) { second in
+                        try await watch.waitForEvents(3)
+                        try await second.changeStatus(id, to: "shipped")
+                        try await watch.waitForEvents(4)
+                        try await second.changeStatus(id, to: "delivered")
+                        #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+                    }
+                    let ids = try await other.eventIDs(of: id)
+                    #expect(watch.events.map(\.id) == ids, "every event once, in order:\n\(watch.output)")
+                    #expect(watch.events.map(\.status) == ["pending", "paid", "processing", "shipped", "delivered"])
+                    #expect(
+                        watch.output.contains("connection lost: the server ended the stream; reconnecting in 0.2 s (after event \(paid))"),
+                        "\(watch.output)")
                 }
-                // The first instance has shut down, ending the stream: the command says so and retries.
-                let paid = try await other.eventIDs(of: id)[1]
-                try await watch.waitFor("the note on the drop") { $0.contains("connection lost") && $0.contains("(after event \(paid))") }
-                try await watch.waitFor("a refused attempt") { $0.contains("cannot connect: connection refused; reconnecting in 0.2 s (after event \(paid))") }
-                // Committed while no instance serves the command's URL: it must come from the replay.
-                try await other.changeStatus(id, to: "processing")
-                try await TestService.with(settings: settings) { second in
-                    try await watch.waitForEvents(3)
-                    try await second.changeStatus(id, to: "shipped")
-                    try await watch.waitForEvents(4)
-                    try await second.changeStatus(id, to: "delivered")
-                    #expect(try await watch.waitForExit() == 0, "\(watch.output)")
-                }
-                let ids = try await other.eventIDs(of: id)
-                #expect(watch.events.map(\.id) == ids, "every event once, in order:\n\(watch.output)")
-                #expect(watch.events.map(\.status) == ["pending", "paid", "processing", "shipped", "delivered"])
-                #expect(watch.output.contains("connection lost: the server ended the stream; reconnecting in 0.2 s (after event \(paid))"), "\(watch.output)")
-            } }
+            }
         }
     }
 
     @Test func lastEventIDSkipsEarlierEventsAnd204EndsAtOnce() async throws {
-        try await TestService.with { service in try await ChildProcesses.with { children in
-            let id = uniqueOrderID("WL")
-            try await service.createOrder(id)
-            try await service.changeStatus(id, to: "paid")
-            try await service.changeStatus(id, to: "processing")
-            let first = try await service.eventIDs(of: id)[0]
-            let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--last-event-id", "\(first)"])
-            try await watch.waitForEvents(2)
-            try await service.changeStatus(id, to: "cancelled")
-            #expect(try await watch.waitForExit() == 0, "\(watch.output)")
-            let ids = try await service.eventIDs(of: id)
-            #expect(watch.events.map(\.id) == Array(ids.dropFirst()), "nothing at or before event \(first):\n\(watch.output)")
-            #expect(watch.events.map(\.status) == ["paid", "processing", "cancelled"])
+        try await TestService.with { service in
+            try await ChildProcesses.with { children in
+                let id = uniqueOrderID("WL")
+                try await service.createOrder(id)
+                try await service.changeStatus(id, to: "paid")
+                try await service.changeStatus(id, to: "processing")
+                let first = try await service.eventIDs(of: id)[0]
+                let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--last-event-id", "\(first)"])
+                try await watch.waitForEvents(2)
+                try await service.changeStatus(id, to: "cancelled")
+                #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+                let ids = try await service.eventIDs(of: id)
+                #expect(watch.events.map(\.id) == Array(ids.dropFirst()), "nothing at or before event \(first):\n\(watch.output)")
+                #expect(watch.events.map(\.status) == ["paid", "processing", "cancelled"])
 
-            // Past the terminal event the service answers 204: nothing to print, and done.
-            let after = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--last-event-id", "\(ids.last!)"])
-            #expect(try await after.waitForExit() == 0, "\(after.output)")
-            #expect(after.events.isEmpty)
-            #expect(after.output.contains("nothing more to follow"), "\(after.output)")
-        } }
+                // Past the terminal event the service answers 204: nothing to print, and done.
+                let after = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--last-event-id", "\(ids.last!)"])
+                #expect(try await after.waitForExit() == 0, "\(after.output)")
+                #expect(after.events.isEmpty)
+                #expect(after.output.contains("nothing more to follow"), "\(after.output)")
+            }
+        }
     }
 
     @Test func unknownOrderExitsNonZeroWithTheProblemDetail() async throws {
-        try await TestService.with { service in try await ChildProcesses.with { children in
-            let id = uniqueOrderID("WU")
-            let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL])
-            #expect(try await watch.waitForExit() == 1, "\(watch.output)")
-            #expect(watch.output == "Error: 404 Not Found: No order has the id '\(id)'.\n")
-        } }
+        try await TestService.with { service in
+            try await ChildProcesses.with { children in
+                let id = uniqueOrderID("WU")
+                let watch = try await WatchProcess(on: children, [id, "--url", service.baseURL])
+                #expect(try await watch.waitForExit() == 1, "\(watch.output)")
+                #expect(watch.output == "Error: 404 Not Found: No order has the id '\(id)'.\n")
+            }
+        }
     }
 
     @Test func sendsTheTokenAndReportsRefusals() async throws {
         let secret = "watch-test-secret-of-more-than-32-bytes-0123456789"
-        try await TestService.with(settings: ["AUTH_HS256_SECRET": secret]) { service in try await ChildProcesses.with { children in
-            let signer = TokenSigner(hs256: HMACKey(from: secret))
-            func token(scopes: [String] = [], orders: [String] = []) async throws -> String {
-                let now = Date()
-                return try await signer.sign(AccessClaims(expires: now.addingTimeInterval(300), issuedAt: now, issuer: nil, audience: nil,
-                                                          subject: "watch-test", scopes: scopes, orders: orders), kid: nil)
+        try await TestService.with(settings: ["AUTH_HS256_SECRET": secret]) { service in
+            try await ChildProcesses.with { children in
+                let signer = TokenSigner(hs256: HMACKey(from: secret))
+                func token(scopes: [String] = [], orders: [String] = []) async throws -> String {
+                    let now = Date()
+                    return try await signer.sign(
+                        AccessClaims(
+                            expires: now.addingTimeInterval(300), issuedAt: now, issuer: nil, audience: nil,
+                            subject: "watch-test", scopes: scopes, orders: orders), kid: nil)
+                }
+                let id = uniqueOrderID("WT")
+                let created = try await service.post(
+                    "/orders", #"{"id":"\#(id)","status":"delivered"}"#,
+                    headers: [("Authorization", "Bearer \(try await token(scopes: ["orders:write"]))")])
+                #expect(created.status == 201, "\(created.body)")
+
+                let anonymous = try await WatchProcess(on: children, [id, "--url", service.baseURL])
+                #expect(try await anonymous.waitForExit() == 1)
+                #expect(anonymous.output.hasPrefix("Error: 401 Unauthorized: "), "\(anonymous.output)")
+
+                let otherOrder = try await WatchProcess(
+                    on: children, [id, "--url", service.baseURL, "--token", try await token(orders: ["someone-else"])])
+                #expect(try await otherOrder.waitForExit() == 1)
+                #expect(
+                    otherOrder.output.hasPrefix("Error: 403 Forbidden: The token does not grant access to the order '\(id)'"), "\(otherOrder.output)")
+
+                // The token from the environment, as a shell session would keep it.
+                let named = try await WatchProcess(
+                    on: children, [id], environment: ["ORDER_STATUS_URL": service.baseURL, "ORDER_STATUS_TOKEN": try await token(orders: [id])])
+                #expect(try await named.waitForExit() == 0, "\(named.output)")
+                #expect(named.events.map(\.status) == ["delivered"])
             }
-            let id = uniqueOrderID("WT")
-            let created = try await service.post("/orders", #"{"id":"\#(id)","status":"delivered"}"#,
-                                                 headers: [("Authorization", "Bearer \(try await token(scopes: ["orders:write"]))")])
-            #expect(created.status == 201, "\(created.body)")
-
-            let anonymous = try await WatchProcess(on: children, [id, "--url", service.baseURL])
-            #expect(try await anonymous.waitForExit() == 1)
-            #expect(anonymous.output.hasPrefix("Error: 401 Unauthorized: "), "\(anonymous.output)")
-
-            let otherOrder = try await WatchProcess(on: children, [id, "--url", service.baseURL, "--token", try await token(orders: ["someone-else"])])
-            #expect(try await otherOrder.waitForExit() == 1)
-            #expect(otherOrder.output.hasPrefix("Error: 403 Forbidden: The token does not grant access to the order '\(id)'"), "\(otherOrder.output)")
-
-            // The token from the environment, as a shell session would keep it.
-            let named = try await WatchProcess(on: children, [id], environment: ["ORDER_STATUS_URL": service.baseURL, "ORDER_STATUS_TOKEN": try await token(orders: [id])])
-            #expect(try await named.waitForExit() == 0, "\(named.output)")
-            #expect(named.events.map(\.status) == ["delivered"])
-        } }
+        }
     }
 }
 
@@ -163,8 +184,9 @@ struct WatchProcess: Sendable {
         output.split(separator: "\n").compactMap { line in
             let columns = line.split(separator: " ")
             guard columns.count >= 6, columns[4] == "→", columns[1].hasPrefix("#"), let id = Int64(columns[1].dropFirst()) else { return nil }
-            return Line(id: id, version: String(columns[2]), previous: String(columns[3]), status: String(columns[5]),
-                        metadata: columns.dropFirst(6).joined(separator: " "))
+            return Line(
+                id: id, version: String(columns[2]), previous: String(columns[3]), status: String(columns[5]),
+                metadata: columns.dropFirst(6).joined(separator: " "))
         }
     }
 

@@ -138,4 +138,3 @@ public func buildServiceGroup(
     groupConfiguration.maximumCancellationDuration = nil
     return ServiceGroup(configuration: groupConfiguration)
 }
-

@@ -1,9 +1,10 @@
+import Logging
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Logging
 
 /// How log lines are written: `text` for people at a terminal, `json` for log collectors, which
 /// then need no parsing rules to find a line's level, message, request id and other fields.
@@ -74,8 +75,10 @@ public struct JSONLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { fields.merge(provided) { $1 } }
         if let given = event.metadata { fields.merge(given) { $1 } }
         if let error = event.error { fields["error"] = .string(String(reflecting: error)) }
-        output(Self.line(timestamp: Self.timestampNow(), level: event.level, message: event.message.description,
-                         label: label, source: event.source, metadata: fields))
+        output(
+            Self.line(
+                timestamp: Self.timestampNow(), level: event.level, message: event.message.description,
+                label: label, source: event.source, metadata: fields))
     }
 
     /// The JSON line for one entry. Metadata keys are sorted, so equal entries give equal lines.

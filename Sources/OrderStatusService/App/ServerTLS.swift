@@ -17,10 +17,12 @@ enum ServerTLS {
         case (let certificatePath?, let keyPath?):
             let chain = try certificates(at: certificatePath)
             let key = try privateKey(at: keyPath)
-            let configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            let configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
             // BoringSSL compares the key with the leaf certificate when the context is made.
             guard (try? NIOSSLContext(configuration: configuration)) != nil else {
-                throw ConfigurationError("TLS_PRIVATE_KEY_FILE '\(keyPath)' is not the key of the certificate in TLS_CERTIFICATE_FILE '\(certificatePath)'")
+                throw ConfigurationError(
+                    "TLS_PRIVATE_KEY_FILE '\(keyPath)' is not the key of the certificate in TLS_CERTIFICATE_FILE '\(certificatePath)'")
             }
             return configuration
         }

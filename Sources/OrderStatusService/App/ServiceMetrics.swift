@@ -20,8 +20,10 @@ public struct ServiceMetrics: Sendable {
             ("database_pool_max_connections", "DATABASE_POOL_SIZE: the most connections the request pool opens.", settings.databasePoolSize),
         ]
         for limit in limits {
-            registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "order_status", metricName: limit.name, unitName: "", helpText: limit.help))
-                .set(Double(limit.value))
+            registry.makeGauge(
+                descriptor: MetricNameDescriptor(namespace: "order_status", metricName: limit.name, unitName: "", helpText: limit.help)
+            )
+            .set(Double(limit.value))
         }
     }
 }

@@ -120,7 +120,7 @@ public struct DatabaseURL: Sendable, Equatable {
 
     public init(_ text: String) throws(ConfigurationError) {
         guard let components = URLComponents(string: text), ["postgres", "postgresql"].contains(components.scheme ?? ""),
-              let host = components.host, !host.isEmpty
+            let host = components.host, !host.isEmpty
         else {
             throw ConfigurationError("DATABASE_URL must look like postgres://user:password@host:port/database")
         }
@@ -137,11 +137,12 @@ public struct DatabaseURL: Sendable, Equatable {
     }
 
     public func clientConfiguration(poolSize: Int) -> PostgresClient.Configuration {
-        let tls: PostgresClient.Configuration.TLS = switch tlsMode {
-        case "require": .require(.makeClientConfiguration())
-        case "prefer": .prefer(.makeClientConfiguration())
-        default: .disable
-        }
+        let tls: PostgresClient.Configuration.TLS =
+            switch tlsMode {
+            case "require": .require(.makeClientConfiguration())
+            case "prefer": .prefer(.makeClientConfiguration())
+            default: .disable
+            }
         var configuration = PostgresClient.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
         configuration.options.maximumConnections = poolSize
         configuration.options.additionalStartupParameters = [("application_name", "order-status")]
@@ -149,11 +150,12 @@ public struct DatabaseURL: Sendable, Equatable {
     }
 
     public func connectionConfiguration() throws -> PostgresConnection.Configuration {
-        let tls: PostgresConnection.Configuration.TLS = switch tlsMode {
-        case "require": .require(try .init(configuration: .makeClientConfiguration()))
-        case "prefer": .prefer(try .init(configuration: .makeClientConfiguration()))
-        default: .disable
-        }
+        let tls: PostgresConnection.Configuration.TLS =
+            switch tlsMode {
+            case "require": .require(try .init(configuration: .makeClientConfiguration()))
+            case "prefer": .prefer(try .init(configuration: .makeClientConfiguration()))
+            default: .disable
+            }
         return PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
     }
 }

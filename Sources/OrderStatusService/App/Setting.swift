@@ -41,33 +41,39 @@ public struct Setting: Sendable, Hashable {
     private static let byVariable = Dictionary(uniqueKeysWithValues: all.map { ($0.variable, $0) })
 
     /// The settings of `serve` and `migrate`, in the order of the README's table.
-    public static let all: [Setting] = [
-        Setting("DATABASE_URL", required: true, secret: true, "postgres://user:password@host:port/database, optional ?sslmode=disable|prefer|require"),
-        Setting("HOST", default: "127.0.0.1", "address to listen on"),
-        Setting("PORT", default: "8080", "port to listen on; 0 picks a free one"),
-        Setting("TLS_CERTIFICATE_FILE", "PEM certificate chain, leaf first; with TLS_PRIVATE_KEY_FILE serves HTTPS with HTTP/2"),
-        Setting("TLS_PRIVATE_KEY_FILE", "PEM private key of that certificate (unencrypted); give both or neither"),
-        Setting("TLS_HANDSHAKE_TIMEOUT_SECONDS", default: "10", "a connection to the HTTPS port that has not finished its TLS handshake by then is closed"),
-        Setting("HEARTBEAT_SECONDS", default: "15", "idle seconds before an SSE heartbeat comment"),
-        Setting("SSE_RETRY_MS", default: "3000", "the SSE retry: value in milliseconds"),
-        Setting("SSE_RETRY_JITTER_PERCENT", default: "20", "each stream's retry: varies by up to this share around SSE_RETRY_MS"),
-        Setting("MIGRATIONS_DIR", "a folder of numbered .sql migrations to apply instead of those built into the binary"),
-        Setting("SHUTDOWN_TIMEOUT_SECONDS", default: "10", "bound on graceful shutdown"),
-        Setting("SHUTDOWN_SPREAD_SECONDS", default: "2", "window over which shutdown ends open streams"),
-        Setting("REQUEST_IDLE_TIMEOUT_SECONDS", default: "60", "a connection with no request in flight for this long is closed"),
-        Setting("REQUEST_READ_TIMEOUT_SECONDS", default: "10", "a request (head and body) not fully received this long after its first byte closes its connection"),
-        Setting("CORS_ALLOWED_ORIGINS", "comma-separated origins allowed cross-origin access; CORS is off without it"),
-        Setting("STREAM_BUFFER_FRAMES", default: "256", "frames queued for a stream that stopped reading before it is closed"),
-        Setting("STREAM_STALL_TIMEOUT_SECONDS", default: "30", "a stream or connection whose writes make no progress this long is closed"),
-        Setting("MAX_STREAMS", default: "20000", "open SSE streams per instance before 503"),
-        Setting("MAX_POLLS", default: "20000", "held long polls per instance before 503"),
-        Setting("DATABASE_POOL_SIZE", default: "20", "connections in the request pool"),
-        Setting("DATABASE_TIMEOUT_SECONDS", default: "5", "bound on one database operation before 503"),
-        Setting("LISTENER_PING_SECONDS", default: "10", "how often the LISTEN connection is checked"),
-        Setting("LISTENER_PING_TIMEOUT_SECONDS", default: "5", "an unanswered check closes that connection after this"),
-        Setting("LOG_LEVEL", default: "info", "trace, debug, info, notice, warning, error or critical"),
-        Setting("LOG_FORMAT", default: "text", "text, or json for one JSON object per line"),
-    ] + authorization
+    public static let all: [Setting] =
+        [
+            Setting(
+                "DATABASE_URL", required: true, secret: true, "postgres://user:password@host:port/database, optional ?sslmode=disable|prefer|require"),
+            Setting("HOST", default: "127.0.0.1", "address to listen on"),
+            Setting("PORT", default: "8080", "port to listen on; 0 picks a free one"),
+            Setting("TLS_CERTIFICATE_FILE", "PEM certificate chain, leaf first; with TLS_PRIVATE_KEY_FILE serves HTTPS with HTTP/2"),
+            Setting("TLS_PRIVATE_KEY_FILE", "PEM private key of that certificate (unencrypted); give both or neither"),
+            Setting(
+                "TLS_HANDSHAKE_TIMEOUT_SECONDS", default: "10",
+                "a connection to the HTTPS port that has not finished its TLS handshake by then is closed"),
+            Setting("HEARTBEAT_SECONDS", default: "15", "idle seconds before an SSE heartbeat comment"),
+            Setting("SSE_RETRY_MS", default: "3000", "the SSE retry: value in milliseconds"),
+            Setting("SSE_RETRY_JITTER_PERCENT", default: "20", "each stream's retry: varies by up to this share around SSE_RETRY_MS"),
+            Setting("MIGRATIONS_DIR", "a folder of numbered .sql migrations to apply instead of those built into the binary"),
+            Setting("SHUTDOWN_TIMEOUT_SECONDS", default: "10", "bound on graceful shutdown"),
+            Setting("SHUTDOWN_SPREAD_SECONDS", default: "2", "window over which shutdown ends open streams"),
+            Setting("REQUEST_IDLE_TIMEOUT_SECONDS", default: "60", "a connection with no request in flight for this long is closed"),
+            Setting(
+                "REQUEST_READ_TIMEOUT_SECONDS", default: "10",
+                "a request (head and body) not fully received this long after its first byte closes its connection"),
+            Setting("CORS_ALLOWED_ORIGINS", "comma-separated origins allowed cross-origin access; CORS is off without it"),
+            Setting("STREAM_BUFFER_FRAMES", default: "256", "frames queued for a stream that stopped reading before it is closed"),
+            Setting("STREAM_STALL_TIMEOUT_SECONDS", default: "30", "a stream or connection whose writes make no progress this long is closed"),
+            Setting("MAX_STREAMS", default: "20000", "open SSE streams per instance before 503"),
+            Setting("MAX_POLLS", default: "20000", "held long polls per instance before 503"),
+            Setting("DATABASE_POOL_SIZE", default: "20", "connections in the request pool"),
+            Setting("DATABASE_TIMEOUT_SECONDS", default: "5", "bound on one database operation before 503"),
+            Setting("LISTENER_PING_SECONDS", default: "10", "how often the LISTEN connection is checked"),
+            Setting("LISTENER_PING_TIMEOUT_SECONDS", default: "5", "an unanswered check closes that connection after this"),
+            Setting("LOG_LEVEL", default: "info", "trace, debug, info, notice, warning, error or critical"),
+            Setting("LOG_FORMAT", default: "text", "text, or json for one JSON object per line"),
+        ] + authorization
 
     /// The AUTH_ settings, which `order-status token` reads too.
     public static let authorization: [Setting] = [
@@ -107,7 +113,7 @@ public struct SettingsSource: Sendable {
     public func given(_ variable: String) -> String? {
         let setting = Setting.named(variable)
         guard let text = reader.string(forKey: setting.key, isSecret: setting.isSecret)?.trimmingCharacters(in: .whitespaces),
-              !text.isEmpty
+            !text.isEmpty
         else { return nil }
         return text
     }

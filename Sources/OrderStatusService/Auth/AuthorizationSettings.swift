@@ -14,7 +14,8 @@ public struct AuthorizationSettings: Sendable {
     /// and browser history (RFC 9700 §4.3.2, RFC 6750 §5.3).
     public var allowQueryToken = false
 
-    public init(keys: TokenKeys, issuer: String? = nil, audience: String? = nil, maximumLifetime: TimeInterval? = nil, allowQueryToken: Bool = false) {
+    public init(keys: TokenKeys, issuer: String? = nil, audience: String? = nil, maximumLifetime: TimeInterval? = nil, allowQueryToken: Bool = false)
+    {
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
@@ -54,8 +55,10 @@ public struct AuthorizationSettings: Sendable {
         }
         guard !keys.isEmpty else {
             // These only mean something with a key; alone they suggest the operator thinks it is on.
-            for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_MAX_TOKEN_LIFETIME_SECONDS", "AUTH_ALLOW_QUERY_TOKEN"] where source.given(name) != nil {
-                throw ConfigurationError("\(name) is set but no key is, so authorization would be off: set AUTH_HS256_SECRET, AUTH_PUBLIC_KEYS or AUTH_JWKS_FILE")
+            for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_MAX_TOKEN_LIFETIME_SECONDS", "AUTH_ALLOW_QUERY_TOKEN"] where source.given(name) != nil
+            {
+                throw ConfigurationError(
+                    "\(name) is set but no key is, so authorization would be off: set AUTH_HS256_SECRET, AUTH_PUBLIC_KEYS or AUTH_JWKS_FILE")
             }
             return nil
         }
@@ -63,7 +66,8 @@ public struct AuthorizationSettings: Sendable {
         if source.given("AUTH_MAX_TOKEN_LIFETIME_SECONDS") != nil {
             maximumLifetime = TimeInterval(try source.integer("AUTH_MAX_TOKEN_LIFETIME_SECONDS", in: 1...31_622_400))
         }
-        return AuthorizationSettings(keys: keys, issuer: source.given("AUTH_ISSUER"), audience: source.given("AUTH_AUDIENCE"),
-                                     maximumLifetime: maximumLifetime, allowQueryToken: allowQueryToken)
+        return AuthorizationSettings(
+            keys: keys, issuer: source.given("AUTH_ISSUER"), audience: source.given("AUTH_AUDIENCE"),
+            maximumLifetime: maximumLifetime, allowQueryToken: allowQueryToken)
     }
 }

@@ -59,14 +59,22 @@ public struct TokenKeys: Sendable {
         }
         let key: Key
         if pem.contains("-----BEGIN CERTIFICATE-----") {
-            if let rsa = try? Insecure.RSA.PublicKey(certificatePEM: pem) { key = .rs256(rsa) }
-            else if let ec = try? ES256PublicKey(certificate: pem) { key = .es256(ec) }
-            else if let ec = try? ES384PublicKey(certificate: pem) { key = .es384(ec) }
-            else { throw ConfigurationError("\(setting): the certificate in '\(path)' holds no RSA or EC P-256/P-384 key") }
-        } else if let rsa = try? Insecure.RSA.PublicKey(pem: pem) { key = .rs256(rsa) }
-        else if let ec = try? ES256PublicKey(pem: pem) { key = .es256(ec) }
-        else if let ec = try? ES384PublicKey(pem: pem) { key = .es384(ec) }
-        else {
+            if let rsa = try? Insecure.RSA.PublicKey(certificatePEM: pem) {
+                key = .rs256(rsa)
+            } else if let ec = try? ES256PublicKey(certificate: pem) {
+                key = .es256(ec)
+            } else if let ec = try? ES384PublicKey(certificate: pem) {
+                key = .es384(ec)
+            } else {
+                throw ConfigurationError("\(setting): the certificate in '\(path)' holds no RSA or EC P-256/P-384 key")
+            }
+        } else if let rsa = try? Insecure.RSA.PublicKey(pem: pem) {
+            key = .rs256(rsa)
+        } else if let ec = try? ES256PublicKey(pem: pem) {
+            key = .es256(ec)
+        } else if let ec = try? ES384PublicKey(pem: pem) {
+            key = .es384(ec)
+        } else {
             throw ConfigurationError("\(setting): '\(path)' is not an RSA (2048 bits or more) or EC P-256/P-384 public key in PEM")
         }
         entries.append(("pem:\(path)", key))

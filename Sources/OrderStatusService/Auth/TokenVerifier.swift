@@ -76,7 +76,7 @@ public struct TokenVerifier: Sendable {
     static func algorithm(ofStrictlyParsed token: String) throws(TokenRejection) -> String {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let header = object(fromBase64URL: parts[0]), object(fromBase64URL: parts[1]) != nil,
-              let algorithm = header.first(where: { $0.key == "alg" }), case .string(let name) = algorithm.value
+            let algorithm = header.first(where: { $0.key == "alg" }), case .string(let name) = algorithm.value
         else { throw .malformed }
         return name
     }

@@ -18,8 +18,10 @@ public actor NotificationListener: Service {
         public var initialBackoff: Duration
         public var maximumBackoff: Duration
 
-        public init(connection: PostgresConnection.Configuration, pingInterval: Duration = .seconds(10), pingTimeout: Duration = .seconds(5),
-                    initialBackoff: Duration = .milliseconds(100), maximumBackoff: Duration = .seconds(5)) {
+        public init(
+            connection: PostgresConnection.Configuration, pingInterval: Duration = .seconds(10), pingTimeout: Duration = .seconds(5),
+            initialBackoff: Duration = .milliseconds(100), maximumBackoff: Duration = .seconds(5)
+        ) {
             var connection = connection
             connection.options.additionalStartupParameters.append(("application_name", "order-status-listener"))
             self.connection = connection

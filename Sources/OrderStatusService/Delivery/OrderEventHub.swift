@@ -18,8 +18,10 @@ public actor OrderEventHub: Service {
         /// Shutdown ends streams spread over this window, so their clients do not all reconnect at once.
         public var shutdownSpread: Duration
 
-        public init(heartbeatInterval: Duration = .seconds(15), streamBufferCapacity: Int = 256, maximumStreams: Int = 20_000,
-                    maximumPolls: Int = 20_000, shutdownSpread: Duration = .seconds(2)) {
+        public init(
+            heartbeatInterval: Duration = .seconds(15), streamBufferCapacity: Int = 256, maximumStreams: Int = 20_000,
+            maximumPolls: Int = 20_000, shutdownSpread: Duration = .seconds(2)
+        ) {
             self.heartbeatInterval = heartbeatInterval
             self.streamBufferCapacity = streamBufferCapacity
             self.maximumStreams = maximumStreams

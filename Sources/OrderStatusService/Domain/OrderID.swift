@@ -6,7 +6,9 @@ public struct OrderID: Sendable, Hashable, CustomStringConvertible {
     public init?(_ text: some StringProtocol) {
         let bytes = text.utf8
         guard (1...64).contains(bytes.count), let first = bytes.first, Self.isAlphanumeric(first) else { return nil }
-        for byte in bytes.dropFirst() where !(Self.isAlphanumeric(byte) || byte == UInt8(ascii: ".")
+        for byte in bytes.dropFirst()
+        where
+            !(Self.isAlphanumeric(byte) || byte == UInt8(ascii: ".")
             || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ":") || byte == UInt8(ascii: "-"))
         {
             return nil

@@ -4,7 +4,7 @@ enum RFC3339Milliseconds {
     static func secondsSinceEpoch(_ text: String) -> Double? {
         let bytes = Array(text.utf8)
         guard bytes.count == 24, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-"), bytes[10] == UInt8(ascii: "T"),
-              bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"), bytes[19] == UInt8(ascii: "."), bytes[23] == UInt8(ascii: "Z")
+            bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"), bytes[19] == UInt8(ascii: "."), bytes[23] == UInt8(ascii: "Z")
         else { return nil }
         func number(_ range: Range<Int>) -> Int? {
             var value = 0
@@ -16,8 +16,8 @@ enum RFC3339Milliseconds {
             return value
         }
         guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10), let hour = number(11..<13),
-              let minute = number(14..<16), let second = number(17..<19), let millisecond = number(20..<23),
-              (1...12).contains(month), (1...31).contains(day)
+            let minute = number(14..<16), let second = number(17..<19), let millisecond = number(20..<23),
+            (1...12).contains(month), (1...31).contains(day)
         else { return nil }
         let days = daysSinceEpoch(year: year, month: month, day: day)
         return Double(days * 86_400 + hour * 3600 + minute * 60 + second) + Double(millisecond) / 1000

@@ -9,11 +9,13 @@ extension RouterMethods {
         let served = methods.contains(.get) && !methods.contains(.head) ? methods + [.head] : methods
         let allowed = served + [.options]
         let allowHeader = allowed.map(\.rawValue).joined(separator: ", ")
-        for method in [HTTPRequest.Method.get, .head, .post, .put, .patch, .delete, .trace, .options, Self.query] where !allowed.contains(method) || method == .options {
+        for method in [HTTPRequest.Method.get, .head, .post, .put, .patch, .delete, .trace, .options, Self.query]
+        where !allowed.contains(method) || method == .options {
             on(path, method: method) { _, _ -> Response in
                 if method == .options { return Response(status: .noContent, headers: [.allow: allowHeader]) }
-                throw Problem(.methodNotAllowed, "\(method.rawValue) is not allowed here; use \(served.map(\.rawValue).joined(separator: " or ")).",
-                              headers: [.allow: allowHeader])
+                throw Problem(
+                    .methodNotAllowed, "\(method.rawValue) is not allowed here; use \(served.map(\.rawValue).joined(separator: " or ")).",
+                    headers: [.allow: allowHeader])
             }
         }
         return self

@@ -25,8 +25,9 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
             let claims = try await claims(of: request, context: context, reading: true)
             let orderID = RequestParsing.pathID(context)
             guard claims.mayRead(order: orderID) else {
-                throw Problem.forbidden("The token does not grant access to the order '\(orderID)': it needs the scope \(AccessClaims.readScope) or to name the order in its orders claim.",
-                                        scope: AccessClaims.readScope)
+                throw Problem.forbidden(
+                    "The token does not grant access to the order '\(orderID)': it needs the scope \(AccessClaims.readScope) or to name the order in its orders claim.",
+                    scope: AccessClaims.readScope)
             }
         default:
             break
@@ -77,7 +78,8 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
             return String(token)
         }
         throw Problem.unauthorized(
-            reading ? "A bearer token is required: an Authorization header or the \(Self.cookieName) cookie."
+            reading
+                ? "A bearer token is required: an Authorization header or the \(Self.cookieName) cookie."
                 : "A bearer token with the scope \(AccessClaims.writeScope) is required in the Authorization header.",
             error: nil)
     }

@@ -14,13 +14,15 @@ struct CORSAllowList<Context: RequestContext>: RouterMiddleware {
             return response
         }
         if request.method == .options {
-            return Response(status: .noContent, headers: [
-                .accessControlAllowOrigin: origin,
-                .accessControlAllowMethods: "GET, POST, OPTIONS",
-                .accessControlAllowHeaders: "Authorization, Content-Type, If-Match, Last-Event-ID, X-Request-Id",
-                .accessControlMaxAge: "600",
-                .vary: "Origin",
-            ])
+            return Response(
+                status: .noContent,
+                headers: [
+                    .accessControlAllowOrigin: origin,
+                    .accessControlAllowMethods: "GET, POST, OPTIONS",
+                    .accessControlAllowHeaders: "Authorization, Content-Type, If-Match, Last-Event-ID, X-Request-Id",
+                    .accessControlMaxAge: "600",
+                    .vary: "Origin",
+                ])
         }
         var response = try await next(request, context)
         response.headers[.accessControlAllowOrigin] = origin

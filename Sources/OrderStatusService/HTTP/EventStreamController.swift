@@ -67,17 +67,20 @@ struct EventStreamController<Context: EventStreamRequestContext> {
         // Watching for the client's close takes over the connection's input, so it cannot carry
         // another request afterwards: say so, or a client may reuse it and fail.
         headers[.connection] = "close"
-        return Response(status: .ok, headers: headers, body: ResponseBody { [attachment = context.eventStreamAttachment, slot] writer in
-            try await attachment.serve(id, from: hub, holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
-                try await writeReplay(of: id, replay: replay, after: position, to: &writer)
-            }
-        })
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { [attachment = context.eventStreamAttachment, slot] writer in
+                try await attachment.serve(id, from: hub, holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
+                    try await writeReplay(of: id, replay: replay, after: position, to: &writer)
+                }
+            })
     }
 
     /// Writes `retry:` and the replay, reading further pages straight to the socket so a long
     /// history needs no buffer. Returns the last id written, or nil when the order's terminal
     /// event was among them and the stream is over.
-    private func writeReplay(of id: OrderID, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws -> Int64? {
+    private func writeReplay(of id: OrderID, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws -> Int64?
+    {
         try await writer.write(SSEFrame.retry(milliseconds: retry.next()))
         var position = start
         var page = replay

@@ -17,9 +17,11 @@ public struct HTTPMetrics: Sendable {
         var status: Int
     }
 
-    static var requestDuration: MetricNameDescriptor { MetricNameDescriptor(
-        namespace: "order_status", metricName: "http_request_duration", unitName: "seconds",
-        helpText: "Time to produce a response (for event streams: until the stream opens), by route template, method and status.") }
+    static var requestDuration: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "order_status", metricName: "http_request_duration", unitName: "seconds",
+            helpText: "Time to produce a response (for event streams: until the stream opens), by route template, method and status.")
+    }
     /// REST answers in milliseconds; long polls are held up to 60 s, so the buckets reach that far.
     static let buckets: [Duration] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
         .map { .nanoseconds(Int64(($0 * 1e9).rounded())) }

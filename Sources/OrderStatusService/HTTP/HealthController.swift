@@ -33,6 +33,7 @@ struct HealthController<Context: RequestContext> {
     @Sendable func prometheusText(_ request: Request, context: Context) async throws -> Response {
         var bytes: [UInt8] = []
         registry.emit(into: &bytes)
-        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }

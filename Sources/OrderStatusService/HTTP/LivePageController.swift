@@ -1,5 +1,5 @@
-import Hummingbird
 import HTTPTypes
+import Hummingbird
 import NIOCore
 
 /// `GET /`: a page where a person types an order id and watches its status timeline live, with

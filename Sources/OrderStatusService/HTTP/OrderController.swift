@@ -29,10 +29,11 @@ struct OrderController<Context: RequestContext> {
         let ifMatch = try RequestParsing.ifMatch(request)
         let change = try StatusChange(json: try await RequestParsing.jsonBody(request))
         let id = try RequestParsing.orderID(context)
-        let allowedVersions: Set<Int>? = switch ifMatch {
-        case .versions(let versions): Set(versions)
-        case .any, nil: nil
-        }
+        let allowedVersions: Set<Int>? =
+            switch ifMatch {
+            case .versions(let versions): Set(versions)
+            case .any, nil: nil
+            }
         switch try await store.changeStatus(of: id, to: change, allowedVersions: allowedVersions) {
         case .changed(let order, let event):
             return JSONResponse.make("{\"order\":\(order.json),\"event\":\(event.json)}", headers: [.eTag: "\"\(order.version)\""])

@@ -57,7 +57,8 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             case .orderExists(let id): return Problem(.conflict, "An order with the id '\(id)' already exists.")
             case .orderNotFound(let id): return .orderNotFound(id.rawValue)
             case .versionMismatch(let current):
-                return Problem(.preconditionFailed, "If-Match does not match the order's current version \(current).", headers: [.eTag: "\"\(current)\""])
+                return Problem(
+                    .preconditionFailed, "If-Match does not match the order's current version \(current).", headers: [.eTag: "\"\(current)\""])
             case .transitionNotAllowed(let from, let to):
                 return Problem(.conflict, "An order cannot change from '\(from.rawValue)' to '\(to.rawValue)'.")
             case .corruptRow:

@@ -67,7 +67,7 @@ enum RequestParsing {
             let tag = item.trimmingCharacters(in: .whitespaces)
             if tag == "*" { return .any }
             guard tag.count >= 3, tag.hasPrefix("\""), tag.hasSuffix("\""),
-                  let version = decimal(tag.dropFirst().dropLast()), let fitting = Int(exactly: version)
+                let version = decimal(tag.dropFirst().dropLast()), let fitting = Int(exactly: version)
             else {
                 throw Problem(.badRequest, "If-Match must be \"*\" or quoted order versions such as \"3\".")
             }

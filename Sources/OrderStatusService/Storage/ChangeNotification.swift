@@ -22,7 +22,8 @@ public struct ChangeNotification: Sendable, Equatable {
     /// null. Metadata is last, and the compact JSON the service stores never holds a raw newline.
     static func notifySQL(from events: String) -> String {
         // The payload is built once (LATERAL) and measured, not built again for each use.
-        let full = "concat_ws(E'\\n', n.id || ':' || n.order_id, n.status, coalesce(n.previous_status, ''), n.version, "
+        let full =
+            "concat_ws(E'\\n', n.id || ':' || n.order_id, n.status, coalesce(n.previous_status, ''), n.version, "
             + "\(SQL.time("n.occurred_at")), coalesce(n.metadata::text, ''))"
         return "SELECT pg_notify((SELECT name FROM notification_channel), "
             + "CASE WHEN octet_length(p.payload) < 8000 THEN p.payload ELSE n.id || ':' || n.order_id END) "
@@ -34,7 +35,8 @@ public struct ChangeNotification: Sendable, Equatable {
         let prefix = "order_status_"
         guard name.hasPrefix(prefix) else { return false }
         let secret = name.utf8.dropFirst(prefix.utf8.count)
-        return secret.count == 32 && secret.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
+        return secret.count == 32
+            && secret.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
     }
 
     /// Parses a payload of either form; nil when any part of it is not what the service writes.
@@ -42,7 +44,7 @@ public struct ChangeNotification: Sendable, Equatable {
         let lines = payload.split(separator: "\n", maxSplits: 6, omittingEmptySubsequences: false)
         let head = lines[0]
         guard let colon = head.firstIndex(of: ":"), let eventID = Self.positiveInteger(head[..<colon]),
-              let orderID = OrderID(head[head.index(after: colon)...])
+            let orderID = OrderID(head[head.index(after: colon)...])
         else { return nil }
         self.orderID = orderID
         self.eventID = eventID
@@ -51,7 +53,7 @@ public struct ChangeNotification: Sendable, Equatable {
             return
         }
         guard lines.count == 6, let status = OrderStatus(rawValue: String(lines[1])), let version = Self.positiveInteger(lines[3]),
-              version <= Int32.max, RFC3339Milliseconds.secondsSinceEpoch(String(lines[4])) != nil
+            version <= Int32.max, RFC3339Milliseconds.secondsSinceEpoch(String(lines[4])) != nil
         else { return nil }
         let previousStatus: OrderStatus?
         if lines[2].isEmpty {
@@ -70,14 +72,15 @@ public struct ChangeNotification: Sendable, Equatable {
             guard let value = try? JSONValue.parse(lines[5].utf8), let parsed = try? Metadata(field: value) else { return nil }
             metadata = parsed.json
         }
-        self.event = OrderEvent(id: eventID, orderID: orderID, status: status, previousStatus: previousStatus, version: Int(version),
-                                occurredAt: String(lines[4]), metadata: metadata)
+        self.event = OrderEvent(
+            id: eventID, orderID: orderID, status: status, previousStatus: previousStatus, version: Int(version),
+            occurredAt: String(lines[4]), metadata: metadata)
     }
 
     /// Decimal digits only (no sign, no spaces), within Int64, above zero.
     private static func positiveInteger(_ text: Substring) -> Int64? {
         guard !text.isEmpty, text.utf8.count <= 19, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
-              let value = Int64(text), value > 0
+            let value = Int64(text), value > 0
         else { return nil }
         return value
     }

@@ -15,17 +15,20 @@ public struct DatabaseMetrics: Sendable {
     /// Not tried: the database had just been found unreachable (`DatabaseAway`).
     let refused: DurationHistogram
 
-    static var operationDuration: MetricNameDescriptor { MetricNameDescriptor(
-        namespace: "order_status", metricName: "database_operation_duration", unitName: "seconds",
-        helpText: "Time of one store operation, the wait for a pooled connection included, by outcome (ok, timeout, error, refused).") }
+    static var operationDuration: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "order_status", metricName: "database_operation_duration", unitName: "seconds",
+            helpText: "Time of one store operation, the wait for a pooled connection included, by outcome (ok, timeout, error, refused).")
+    }
     /// A query answers in milliseconds; DATABASE_TIMEOUT_SECONDS (5 s by default) caps the rest.
     static let buckets: [Duration] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
         .map { .nanoseconds(Int64(($0 * 1e9).rounded())) }
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
-        operationsInFlight = registry.makeGauge(descriptor: MetricNameDescriptor(
-            namespace: "order_status", metricName: "database_operations_in_flight", unitName: "",
-            helpText: "Store operations under way, each holding or waiting for a pooled connection."))
+        operationsInFlight = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "order_status", metricName: "database_operations_in_flight", unitName: "",
+                helpText: "Store operations under way, each holding or waiting for a pooled connection."))
         func histogram(_ outcome: String) -> DurationHistogram {
             registry.makeDurationHistogram(descriptor: Self.operationDuration, labels: [("outcome", outcome)], buckets: Self.buckets)
         }
@@ -48,15 +51,16 @@ public struct DatabaseMetrics: Sendable {
             return result
         } catch {
             operationsInFlight.decrement()
-            let histogram: DurationHistogram? = switch error {
-            case is DatabaseTimeout: timedOut
-            case is DatabaseAway: refused
-            // The caller went away: says nothing about the database.
-            case is CancellationError: nil
-            case OrderStoreError.corruptRow: failed
-            case is OrderStoreError: answered
-            default: failed
-            }
+            let histogram: DurationHistogram? =
+                switch error {
+                case is DatabaseTimeout: timedOut
+                case is DatabaseAway: refused
+                // The caller went away: says nothing about the database.
+                case is CancellationError: nil
+                case OrderStoreError.corruptRow: failed
+                case is OrderStoreError: answered
+                default: failed
+                }
             histogram?.record(ContinuousClock.now - start)
             throw error
         }

@@ -32,7 +32,8 @@ public struct Migrator: Sendable {
         } catch {
             throw MigrationError(description: "cannot read the migrations folder \(directory.path): \(error.localizedDescription)")
         }
-        return try names
+        return
+            try names
             .filter { $0.hasSuffix(".sql") && $0.first?.isNumber == true }
             .sorted()
             .map { name in

@@ -193,7 +193,8 @@ enum SQL {
     typealias OptionalEventRow = (Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?)
 
     static func orderAndEvent(_ row: PostgresRow) throws -> (Order, OrderEvent) {
-        let c = try row.decode((String, OrderStatus, Int, String, String, Int64, String?, Int64, String, OrderStatus, OrderStatus?, Int, String, String?).self)
+        let c = try row.decode(
+            (String, OrderStatus, Int, String, String, Int64, String?, Int64, String, OrderStatus, OrderStatus?, Int, String, String?).self)
         return (try order((c.0, c.1, c.2, c.3, c.4, c.5, c.6)), try event((c.7, c.8, c.9, c.10, c.11, c.12, c.13)))
     }
 
@@ -217,13 +218,15 @@ enum SQL {
     }
 
     static func order(_ row: OrderRow) throws -> Order {
-        Order(id: try orderID(row.0), status: row.1, version: row.2, createdAt: row.3, updatedAt: row.4,
-              lastEventID: row.5, metadata: row.6)
+        Order(
+            id: try orderID(row.0), status: row.1, version: row.2, createdAt: row.3, updatedAt: row.4,
+            lastEventID: row.5, metadata: row.6)
     }
 
     static func event(_ row: EventRow) throws -> OrderEvent {
-        OrderEvent(id: row.0, orderID: try orderID(row.1), status: row.2,
-                   previousStatus: row.3, version: row.4, occurredAt: row.5, metadata: row.6)
+        OrderEvent(
+            id: row.0, orderID: try orderID(row.1), status: row.2,
+            previousStatus: row.3, version: row.4, occurredAt: row.5, metadata: row.6)
     }
 
     static func event(_ row: OptionalEventRow) throws -> OrderEvent {

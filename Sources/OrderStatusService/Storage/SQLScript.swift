@@ -16,7 +16,10 @@ enum SQLScript {
                 while index < text.count {
                     if text[index] == quote {
                         // A doubled quote is an escaped quote inside the literal.
-                        if at(1) == quote { index += 2; continue }
+                        if at(1) == quote {
+                            index += 2
+                            continue
+                        }
                         break
                     }
                     index += 1
@@ -31,12 +34,16 @@ enum SQLScript {
             case UInt8(ascii: "$"):
                 // A dollar quote: $tag$ ... $tag$ (tag may be empty).
                 var end = index + 1
-                while end < text.count, text[end] == UInt8(ascii: "_") || (text[end] >= 0x30 && text[end] <= 0x39)
-                    || (text[end] | 0x20 >= UInt8(ascii: "a") && text[end] | 0x20 <= UInt8(ascii: "z"))
+                while end < text.count,
+                    text[end] == UInt8(ascii: "_") || (text[end] >= 0x30 && text[end] <= 0x39)
+                        || (text[end] | 0x20 >= UInt8(ascii: "a") && text[end] | 0x20 <= UInt8(ascii: "z"))
                 {
                     end += 1
                 }
-                guard end < text.count, text[end] == UInt8(ascii: "$") else { index += 1; continue }
+                guard end < text.count, text[end] == UInt8(ascii: "$") else {
+                    index += 1
+                    continue
+                }
                 let tag = Array(text[index...end])
                 index = end + 1
                 while index < text.count, !text[index...].starts(with: tag) { index += 1 }

@@ -98,9 +98,12 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
 extension HTTPServerBuilder {
     /// HTTP/1 with event streams that outlive their connection's task (see `OrderStatusHTTP1Channel`);
     /// Hummingbird's `HTTPServerBuilder.http1(configuration:)` otherwise.
-    static func orderStatusHTTP1(configuration: HTTP1Channel.Configuration, eventStreams: EventStreamResponder, bounds: OrderStatusHTTP1Channel.PeerBounds) -> HTTPServerBuilder {
+    static func orderStatusHTTP1(
+        configuration: HTTP1Channel.Configuration, eventStreams: EventStreamResponder, bounds: OrderStatusHTTP1Channel.PeerBounds
+    ) -> HTTPServerBuilder {
         .init { responder in
-            OrderStatusHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: configuration), eventStreams: eventStreams, bounds: bounds)
+            OrderStatusHTTP1Channel(
+                http1: HTTP1Channel(responder: responder, configuration: configuration), eventStreams: eventStreams, bounds: bounds)
         }
     }
 }

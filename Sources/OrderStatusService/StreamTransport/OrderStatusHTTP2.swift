@@ -237,7 +237,8 @@ final class HeaderLimits: ChannelDuplexHandler, RemovableChannelHandler {
         isRefusing = true
         let problem = Problem(.requestHeaderFieldsTooLarge, detail)
         let body = ByteBuffer(string: problem.json)
-        let response = HTTPResponse(status: problem.status, headerFields: [.contentType: "application/problem+json", .contentLength: "\(body.readableBytes)"])
+        let response = HTTPResponse(
+            status: problem.status, headerFields: [.contentType: "application/problem+json", .contentLength: "\(body.readableBytes)"])
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)
         // Reset what the client may still send (RST_STREAM NO_ERROR after a whole response, RFC 9113 §8.1).

@@ -40,7 +40,9 @@ final class ParserRefusalResponder: ChannelDuplexHandler, RemovableChannelHandle
             ("Connection", "close"), ("Date", HTTPDate.now()),
         ])
         if let serverName { headers.add(name: "Server", value: serverName) }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: Int(problem.status.code)), headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: Int(problem.status.code)), headers: headers))),
+            promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: problem.json)))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in Self.closeLingering(channel) }
@@ -71,7 +73,9 @@ final class ParserRefusalResponder: ChannelDuplexHandler, RemovableChannelHandle
     static func problem(for error: HTTPParserError) -> Problem {
         switch error {
         case .headerOverflow:
-            Problem(.requestHeaderFieldsTooLarge, "The request's header fields are too large or too many (at most 8 KiB a field, 32 KiB and 100 fields in all).")
+            Problem(
+                .requestHeaderFieldsTooLarge,
+                "The request's header fields are too large or too many (at most 8 KiB a field, 32 KiB and 100 fields in all).")
         default:
             Problem(.badRequest, "The request is not well-formed HTTP: \(error.debugDescription).")
         }

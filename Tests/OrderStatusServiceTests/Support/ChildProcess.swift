@@ -37,7 +37,9 @@ struct ChildProcesses: Sendable {
     }
 
     /// Starts `executable` with its standard output and error written to one log file, `output`.
-    func start(_ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> ChildProcess {
+    func start(
+        _ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> ChildProcess {
         let child = ChildProcess(executable, arguments, environment: environment)
         guard case .enqueued = launches.yield(child) else { throw TestFailure("\(executable) started after its test's children were stopped") }
         try await child.waitUntilStarted()
@@ -63,8 +65,9 @@ final class ChildProcess: Sendable {
     fileprivate init(_ executable: String, _ arguments: [String], environment: [String: String]) {
         let variables = environment.compactMap { name, value in Environment.Key(rawValue: name).map { ($0, value) } }
         // `.init` rather than the type's name: FilePath is System's on Darwin, SystemPackage's elsewhere.
-        configuration = Subprocess.Configuration(executable: .path(.init(executable)), arguments: Arguments(arguments),
-                                                 environment: .custom(Dictionary(variables) { $1 }))
+        configuration = Subprocess.Configuration(
+            executable: .path(.init(executable)), arguments: Arguments(arguments),
+            environment: .custom(Dictionary(variables) { $1 }))
     }
 
     /// What the child wrote so far, standard output and error interleaved as written.
@@ -103,7 +106,9 @@ final class ChildProcess: Sendable {
     }
 
     /// Runs `executable` to its end and returns its exit status and output.
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> (status: Int32, output: String) {
+    static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> (status: Int32, output: String) {
         let child = ChildProcess(executable, arguments, environment: environment)
         let result = try await Subprocess.run(child.configuration, output: .string(limit: 1 << 20), error: .combinedWithOutput)
         return (result.terminationStatus.asShellStatus, result.standardOutput)
@@ -119,8 +124,10 @@ final class ChildProcess: Sendable {
         do {
             let log = open(outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard log >= 0 else { throw TestFailure("cannot create \(outputPath): \(String(cString: strerror(errno)))") }
-            let result = try await Subprocess.run(configuration, input: .none, output: .fileDescriptor(.init(rawValue: log), closeAfterSpawningProcess: true),
-                                                  error: .combinedWithOutput) { execution in
+            let result = try await Subprocess.run(
+                configuration, input: .none, output: .fileDescriptor(.init(rawValue: log), closeAfterSpawningProcess: true),
+                error: .combinedWithOutput
+            ) { execution in
                 state.withLockedValue { $0.processID = execution.processIdentifier.value }
                 startedSource.finish()
             }

@@ -28,8 +28,12 @@ final class PostgresCluster: Sendable {
         let cluster = PostgresCluster(binDirectory: bin, port: try freePort())
         try FileManager.default.createDirectory(at: cluster.directory, withIntermediateDirectories: true)
         try await run("/bin/chown", ["postgres", cluster.directory.path])
-        try await run("/usr/sbin/runuser", ["-u", "postgres", "--", "\(bin)/initdb", "-D", cluster.dataPath,
-                                            "--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
+        try await run(
+            "/usr/sbin/runuser",
+            [
+                "-u", "postgres", "--", "\(bin)/initdb", "-D", cluster.dataPath,
+                "--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync",
+            ])
         let settings = """
 
             listen_addresses = '127.0.0.1'

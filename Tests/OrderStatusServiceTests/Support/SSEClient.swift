@@ -36,12 +36,15 @@ final class SSEConnection: @unchecked Sendable {
         box = nil
     }
 
-    static func open(_ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "", client: HTTPClient = testHTTPClient) async throws -> SSEConnection {
+    static func open(
+        _ service: TestService, orderID: String, lastEventID: String? = nil, query: String = "", client: HTTPClient = testHTTPClient
+    ) async throws -> SSEConnection {
         var request = HTTPClientRequest(url: service.baseURL + "/events/order-status/\(orderID)" + query)
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: lastEventID) }
         // A deadline on the whole exchange: a read that never ends fails the test instead of hanging it.
         let response = try await client.execute(request, timeout: .seconds(90))
-        return SSEConnection(status: Int(response.status.code), headers: response.headers, version: response.version, iterator: response.body.makeAsyncIterator())
+        return SSEConnection(
+            status: Int(response.status.code), headers: response.headers, version: response.version, iterator: response.body.makeAsyncIterator())
     }
 
     /// Opens `count` streams of one order, reads each one's first event, and waits until the hub
