@@ -373,13 +373,12 @@ struct AuthorizationTests {
     @Test func badAuthorizationSettingsStopStartup() throws {
         let base = ["DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"]
         func error(_ settings: [String: String]) -> String? {
+            // ServiceSettings throws ConfigurationError only (typed throws).
             do {
                 _ = try ServiceSettings(values: base.merging(settings) { $1 })
                 return nil
-            } catch let error as ConfigurationError {
-                return error.description
             } catch {
-                return "\(error)"
+                return error.description
             }
         }
         #expect(try ServiceSettings(values: base).authorization == nil, "off without keys")

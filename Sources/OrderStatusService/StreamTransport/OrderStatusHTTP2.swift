@@ -53,7 +53,7 @@ struct OrderStatusHTTPSChannel: HTTPChannelHandler {
         tls.applicationProtocols = NIOHTTP2SupportedALPNProtocols
         sslContext = try NIOSSLContext(configuration: tls)
         var fallback = configuration
-        fallback.additionalChannelHandlers = { configuration.additionalChannelHandlers() + [WriteProgressWatchdog(bound: bounds.stallTimeout)] }
+        fallback.additionalChannelHandlers = { configuration.additionalChannelHandlers() + [WriteStallWatchdog(timeout: bounds.stallTimeout)] }
         http1 = HTTP1Channel(responder: responder, configuration: fallback)
         var streams = configuration
         streams.additionalChannelHandlers = {
@@ -124,7 +124,7 @@ struct OrderStatusHTTPSChannel: HTTPChannelHandler {
     /// frame's write complete only once the frame has left NIO's flow-control buffer.
     private func setUpStream(_ stream: any Channel, logger: Logger) throws -> StreamChannel {
         let pipeline = stream.pipeline.syncOperations
-        try pipeline.addHandler(WriteProgressWatchdog(bound: bounds.stallTimeout))
+        try pipeline.addHandler(WriteStallWatchdog(timeout: bounds.stallTimeout))
         try pipeline.addHandler(HTTP2FramePayloadToHTTPServerCodec())
         try pipeline.addHandlers(streams.additionalChannelHandlers())
         try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: streams.idleTimeout.map { .nanoseconds($0.nanoseconds) }, logger: logger))
@@ -157,57 +157,6 @@ final class TLSHandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler
         context.fireUserInboundEventTriggered(event)
         if case .handshakeCompleted? = event as? TLSUserEvent {
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        }
-    }
-}
-
-/// Closes its channel once a write has waited `bound` without any write completing. A write
-/// completes when its bytes have left the process (for an HTTP/2 stream: left the flow-control
-/// buffer), so a client that stops reading, or grants no window, is closed, on HTTP/2 with
-/// RST_STREAM, instead of holding the stream and its buffered frames.
-final class WriteProgressWatchdog: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = Any
-
-    private let bound: TimeAmount
-    private var pendingWrites = 0
-    /// When the last write completed, or the first pending one was made.
-    private var lastProgress = NIODeadline.now()
-    private var check: Scheduled<Void>?
-
-    init(bound: TimeAmount) {
-        self.bound = bound
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        check?.cancel()
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let written = promise ?? context.eventLoop.makePromise()
-        if pendingWrites == 0 {
-            lastProgress = .now()
-            if check == nil { scheduleCheck(context: context) }
-        }
-        pendingWrites += 1
-        let watchdog = NIOLoopBound(self, eventLoop: context.eventLoop)
-        written.futureResult.whenComplete { _ in
-            watchdog.value.pendingWrites -= 1
-            watchdog.value.lastProgress = .now()
-        }
-        context.write(data, promise: written)
-    }
-
-    private func scheduleCheck(context: ChannelHandlerContext) {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        check = context.eventLoop.scheduleTask(deadline: lastProgress + self.bound) {
-            let (watchdog, context) = bound.value
-            watchdog.check = nil
-            guard watchdog.pendingWrites > 0 else { return }
-            if NIODeadline.now() - watchdog.lastProgress >= watchdog.bound {
-                context.close(promise: nil)
-            } else {
-                watchdog.scheduleCheck(context: context)
-            }
         }
     }
 }

@@ -1,9 +1,10 @@
 import NIOCore
 
-/// Closes a connection whose writes make no progress for `timeout`: some write is waiting for the
-/// socket and none has completed since. That is a client that stopped reading (or a peer whose
-/// window stays shut); queued frames would otherwise wait for it for ever. It goes first in the
-/// pipeline, next to the socket, so it sees every write with its completion.
+/// Closes its channel when its writes make no progress for `timeout`: some write is waiting and
+/// none has completed since. That is a client that stopped reading, or an HTTP/2 peer that grants
+/// no window (for a stream channel, closing sends RST_STREAM); queued frames would otherwise wait
+/// for it for ever. It goes first in the pipeline (next to the socket, or on an HTTP/2 stream next
+/// to the multiplexer), so it sees every write with its completion.
 final class WriteStallWatchdog: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = NIOAny
     typealias OutboundOut = NIOAny
