@@ -10,17 +10,7 @@ import Testing
 @Suite("Forged notifications", .timeLimit(.minutes(2)))
 struct ForgedNotificationTests {
     static func withConnection<T: Sendable>(as role: String? = nil, _ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        var configuration = try DatabaseURL(TestDatabase.url).connectionConfiguration()
-        if let role { configuration.username = role }
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: 11, logger: testLogger)
-        do {
-            let result = try await body(connection)
-            try await connection.close()
-            return result
-        } catch {
-            try? await connection.close()
-            throw error
-        }
+        try await TestDatabase.withConnection(as: role, body)
     }
 
     /// A payload in the service's own format: the order's next version, terminal, with an id above

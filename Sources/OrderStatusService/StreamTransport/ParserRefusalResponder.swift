@@ -113,12 +113,20 @@ final class HTTP10ResponseFraming: ChannelDuplexHandler, RemovableChannelHandler
             head.headers.remove(name: "Transfer-Encoding")
             context.write(wrapOutboundOut(.head(head)), promise: promise)
         case .end where isAnsweringHTTP10:
-            let channel = context.channel
-            let written = promise ?? context.eventLoop.makePromise()
-            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
-            context.writeAndFlush(data, promise: written)
+            context.writeAndClose(data, promise: promise)
         default:
             context.write(data, promise: promise)
         }
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Writes a response's last part and closes the connection once it has left: for answers
+    /// that say `Connection: close`.
+    func writeAndClose(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let channel = self.channel
+        let written = promise ?? eventLoop.makePromise()
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        writeAndFlush(data, promise: written)
     }
 }

@@ -86,10 +86,7 @@ final class RequestReadDeadline {
                 head.headerFields[.connection] = "close"
                 context.write(wrapOutboundOut(.head(head)), promise: promise)
             case .end where closesAfterResponse:
-                let channel = context.channel
-                let written = promise ?? context.eventLoop.makePromise()
-                written.futureResult.whenComplete { _ in channel.close(promise: nil) }
-                context.writeAndFlush(data, promise: written)
+                context.writeAndClose(data, promise: promise)
             default:
                 context.write(data, promise: promise)
             }

@@ -35,8 +35,16 @@ enum TestDatabase {
 
     /// Runs `body` on a connection to the server's `postgres` database.
     static func admin<T: Sendable>(base: String = url, _ body: (PostgresConnection) async throws -> T) async throws -> T {
-        let parsed = try DatabaseURL(url(database: "postgres", base: base))
-        let connection = try await PostgresConnection.connect(configuration: try parsed.connectionConfiguration(), id: 1, logger: testLogger)
+        try await withConnection(to: url(database: "postgres", base: base), body)
+    }
+
+    /// Runs `body` on a connection to `databaseURL`, as `role` when given, and closes it.
+    static func withConnection<T: Sendable>(
+        to databaseURL: String = url, as role: String? = nil, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        var configuration = try DatabaseURL(databaseURL).connectionConfiguration()
+        if let role { configuration.username = role }
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: testLogger)
         do {
             let result = try await body(connection)
             try await connection.close()
