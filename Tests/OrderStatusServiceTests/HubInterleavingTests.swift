@@ -62,6 +62,13 @@ actor ScriptedEventTable: OrderEventReader {
         if holding { await withCheckedContinuation { heldReads.append($0) } }
         return page
     }
+
+    /// The table as a feed: every event committed in its own transaction, none held back.
+    func feedPage(after position: FeedPosition, orders: Set<OrderID>?, limit: Int) async throws -> FeedPage {
+        let feed = events.filter { orders.carries($0.orderID) }.map { FeedEvent(position: FeedPosition(transaction: $0.id, eventID: $0.id), event: $0) }
+        let frontier = FeedPosition(frontier: (events.last?.id ?? 0) + 1)
+        return FeedPage(snapshot: FeedSnapshot(frontier: frontier), events: Array(feed.lazy.filter { $0.position > position }.prefix(limit)))
+    }
 }
 
 /// The hub actor with a scripted table instead of PostgreSQL: each test forces one interleaving and

@@ -77,12 +77,12 @@ public func buildApplication(
     let authorization = parts.authorization
     OrderController(store: parts.store).addRoutes(to: router.group("orders").authorized(by: authorization))
     LongPollController(store: parts.store, hub: parts.hub).addRoutes(to: router.group("orders").authorized(by: authorization))
-    EventStreamController(
-        store: parts.store,
-        hub: parts.hub,
-        retry: .init(milliseconds: settings.sseRetryMilliseconds, jitterPercent: settings.sseRetryJitterPercent),
-        bufferCapacity: settings.streamBufferFrames
-    ).addRoutes(to: router.group().authorized(by: authorization))
+    let retry = EventStreamController<OrderStatusRequestContext>.RetryInterval(
+        milliseconds: settings.sseRetryMilliseconds, jitterPercent: settings.sseRetryJitterPercent)
+    EventStreamController(store: parts.store, hub: parts.hub, retry: retry, bufferCapacity: settings.streamBufferFrames)
+        .addRoutes(to: router.group().authorized(by: authorization))
+    FeedController(store: parts.store, hub: parts.hub, retry: retry, bufferCapacity: settings.streamBufferFrames)
+        .addRoutes(to: router.group().authorized(by: authorization))
     HealthController(store: parts.store, listener: parts.listener, registry: parts.metrics.registry).addRoutes(to: router)
     LivePageController().addRoutes(to: router)
 

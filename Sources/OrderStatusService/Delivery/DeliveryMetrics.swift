@@ -18,6 +18,14 @@ public struct DeliveryMetrics: Sendable {
     /// From an event's commit (its `occurredAt`, the transaction's time in PostgreSQL) to the hub
     /// handing its frame to the subscribers' sockets; one sample per event and delivery pass.
     let deliveryLag: DurationHistogram
+    /// Feed streams registered with the hub.
+    let openFeeds: CoreMetrics.Gauge
+    /// Reads of the event table for feeds: one per batch of notifications, shared by every feed.
+    let feedReads: CoreMetrics.Counter
+    /// From an event's commit to the hub handing its feed frame to the feeds' sockets.
+    let feedLag: DurationHistogram
+    /// How long the oldest committed event has waited behind an unfinished older transaction.
+    let feedHeldBack: CoreMetrics.Gauge
 
     /// Commit-to-socket delays: a healthy path is a few milliseconds; the upper buckets show a
     /// listener that was reconnecting or a hub that fell behind.
@@ -39,18 +47,36 @@ public struct DeliveryMetrics: Sendable {
                 namespace: "order_status", metricName: "delivery_lag", unitName: "seconds",
                 helpText: "Time from an event's commit in PostgreSQL to the hub handing its frame to the subscribers' sockets."),
             buckets: Self.deliveryLagBuckets)
+        self.openFeeds = CoreMetrics.Gauge(label: "order_status_open_feeds", factory: factory)
+        self.feedReads = CoreMetrics.Counter(label: "order_status_feed_reads_total", factory: factory)
+        self.feedLag = registry.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(
+                namespace: "order_status", metricName: "feed_lag", unitName: "seconds",
+                helpText: "Time from an event's commit in PostgreSQL to the hub handing its feed frame to the feeds' sockets."),
+            buckets: Self.deliveryLagBuckets)
+        self.feedHeldBack = CoreMetrics.Gauge(label: "order_status_feed_held_back_seconds", factory: factory)
         openStreams.record(0)
         heldPolls.record(0)
+        openFeeds.record(0)
+        feedHeldBack.record(0)
     }
 
     /// One lag sample per event, all against one reading of the clock: the events of a pass were
     /// handed over together. The clock is the wall clock because `occurredAt` is PostgreSQL's.
     func recordDeliveryLag(of events: [EncodedEvent]) {
+        Self.recordLag(of: events.lazy.map(\.occurredAt), in: deliveryLag)
+    }
+
+    func recordFeedLag(of events: [EncodedFeedEvent]) {
+        Self.recordLag(of: events.lazy.map(\.occurredAt), in: feedLag)
+    }
+
+    private static func recordLag(of commitTimes: some Sequence<String>, in histogram: DurationHistogram) {
         let now = Date().timeIntervalSince1970
-        for event in events {
-            guard let committed = RFC3339Milliseconds.secondsSinceEpoch(event.occurredAt) else { continue }
+        for occurredAt in commitTimes {
+            guard let committed = RFC3339Milliseconds.secondsSinceEpoch(occurredAt) else { continue }
             // A database clock ahead of ours would give a negative lag: it counts as none.
-            deliveryLag.record(.microseconds(max(0, Int64(((now - committed) * 1e6).rounded()))))
+            histogram.record(.microseconds(max(0, Int64(((now - committed) * 1e6).rounded()))))
         }
     }
 }

@@ -86,20 +86,26 @@ public actor OrderEventHub: Service {
     let configuration: Configuration
     let metrics: DeliveryMetrics
     let logger: Logger
-    private let clock = ContinuousClock()
+    let clock = ContinuousClock()
     private var orders: [OrderID: OrderSubscribers] = [:]
+    /// Feeds (streams and polls of many orders or all), delivered by one shared read (`OrderEventHub+Feed`).
+    let feed = FeedSubscribers()
     private var nextSubscriberID = 0
     /// MAX_STREAMS and MAX_POLLS: places taken at admission and held until the client is gone.
     private nonisolated let streamPlaces: AdmissionLimit
     private nonisolated let pollPlaces: AdmissionLimit
-    private var isShuttingDown = false
+    private(set) var isShuttingDown = false
     /// What the hub's run loop acts on: reads to start, and streams whose clients left.
-    private enum Work {
+    enum Work {
         case read(OrderID, generation: Int)
         case departure(OrderID, subscriber: Int)
+        case readFeed
+        /// Re-read the feed after a pause: committed events wait behind an unfinished transaction.
+        case retryFeed(after: Duration)
+        case feedDeparture(subscriber: Int)
     }
     private nonisolated let inbox: AsyncStream<Work>
-    private nonisolated let inboxSource: AsyncStream<Work>.Continuation
+    nonisolated let inboxSource: AsyncStream<Work>.Continuation
 
     public init(reader: any OrderEventReader, configuration: Configuration, metrics: DeliveryMetrics, logger: Logger) {
         self.reader = reader
@@ -124,6 +130,13 @@ public actor OrderEventHub: Service {
                     switch work {
                     case .read(let orderID, let generation): group.addTask { await self.readNewEvents(of: orderID, generation: generation) }
                     case .departure(let orderID, let id): self.unsubscribe(from: orderID, id: id)
+                    case .readFeed: group.addTask { await self.readFeed() }
+                    case .retryFeed(let delay):
+                        group.addTask {
+                            guard (try? await Task.sleep(for: delay)) != nil else { return }
+                            await self.feedRetryFired()
+                        }
+                    case .feedDeparture(let id): self.unsubscribeFeed(id: id)
                     }
                 }
                 await self.closeAllSubscribers()
@@ -183,6 +196,7 @@ public actor OrderEventHub: Service {
     /// version after what the hub has handled, it is delivered as it is; otherwise (a gap, a
     /// read under way, or an event too large for the payload) the hub reads the table.
     public func notificationReceived(_ change: ChangeNotification) {
+        requestFeedRead()
         guard let entry = orders[change.orderID] else { return }
         perform(entry.delivery.notified(eventID: change.eventID, event: change.event), for: change.orderID, entry)
     }
@@ -190,6 +204,7 @@ public actor OrderEventHub: Service {
     /// Notifications sent while the listener was away are lost: re-read every order that has
     /// subscribers from their positions.
     public func catchUp() {
+        requestFeedRead()
         for (orderID, entry) in orders { perform(entry.delivery.listenerReconnected(), for: orderID, entry) }
     }
 
@@ -205,7 +220,7 @@ public actor OrderEventHub: Service {
         return id
     }
 
-    private func makeSubscriberID() -> Int {
+    func makeSubscriberID() -> Int {
         nextSubscriberID += 1
         return nextSubscriberID
     }
@@ -292,17 +307,26 @@ public actor OrderEventHub: Service {
     /// Queues a frame for a stream. A stream whose queue is full has stopped reading: it is closed
     /// (the client resumes with Last-Event-ID) rather than let it hold memory or slow the others.
     private func offer(_ frame: ByteBuffer, to subscriber: StreamSubscriber, id: Int, of orderID: OrderID, now: ContinuousClock.Instant) -> Bool {
-        switch subscriber.sink.send(frame) {
+        guard accepts(frame, sink: subscriber.sink, describedBy: ["order": "\(orderID)"]) else {
+            unsubscribe(from: orderID, id: id)
+            return false
+        }
+        subscriber.lastWrite = now
+        return true
+    }
+
+    /// Whether `sink` took the frame; a stream whose queue is full is counted and logged, and the
+    /// caller unsubscribes it either way.
+    func accepts(_ frame: ByteBuffer, sink: any EventStreamSink, describedBy metadata: @autoclosure () -> Logger.Metadata) -> Bool {
+        switch sink.send(frame) {
         case .enqueued:
-            subscriber.lastWrite = now
             return true
         case .stalled:
             metrics.slowStreamsClosed.increment()
-            logger.notice("closing a stream that stopped reading", metadata: ["order": "\(orderID)"])
+            logger.notice("closing a stream that stopped reading", metadata: metadata())
         case .closed:
             break
         }
-        unsubscribe(from: orderID, id: id)
         return false
     }
 
@@ -318,6 +342,7 @@ public actor OrderEventHub: Service {
                     _ = offer(SSEFrame.heartbeat, to: subscriber, id: id, of: orderID, now: now)
                 }
             }
+            sendFeedHeartbeats(now: now, interval: interval)
         }
     }
 
@@ -332,7 +357,10 @@ public actor OrderEventHub: Service {
         for (orderID, entry) in orders {
             for id in entry.polls.keys { releasePoll(on: orderID, id: id) }
         }
+        for id in feed.polls.keys { releaseFeedPoll(id: id) }
         let streams = orders.flatMap { orderID, entry in entry.streams.keys.map { (orderID, $0) } }
+        // Feeds end first: a feed's client resumes from its cursor on any instance.
+        for id in feed.streams.keys { unsubscribeFeed(id: id) }
         let slices = max(1, min(streams.count, 20))
         let pause = configuration.shutdownSpread / slices
         for (index, (orderID, id)) in streams.enumerated() {

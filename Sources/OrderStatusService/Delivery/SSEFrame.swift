@@ -11,6 +11,16 @@ public enum SSEFrame {
     public static func event(id: Int64, json: String) -> ByteBuffer {
         ByteBuffer(string: "id: \(id)\nevent: order-status\ndata: \(json)\n\n")
     }
+
+    /// A feed's event: its `id:` is the feed cursor, not the event id.
+    public static func feedEvent(at position: FeedPosition, json: String) -> ByteBuffer {
+        ByteBuffer(string: "id: \(position.cursor)\nevent: order-status\ndata: \(json)\n\n")
+    }
+
+    /// Everything of the feed up to `position` has been sent; what follows is live.
+    public static func caughtUp(at position: FeedPosition) -> ByteBuffer {
+        ByteBuffer(string: "id: \(position.cursor)\nevent: caught-up\ndata: {\"cursor\":\"\(position.cursor)\"}\n\n")
+    }
 }
 
 /// An event with its JSON and SSE frame encoded once; ByteBuffer shares its storage, so handing
@@ -30,5 +40,25 @@ public struct EncodedEvent: Sendable {
         self.occurredAt = event.occurredAt
         self.json = ByteBuffer(string: json)
         self.frame = SSEFrame.event(id: event.id, json: json)
+    }
+}
+
+/// A feed event with its JSON and SSE frame encoded once, shared by every feed that carries it.
+public struct EncodedFeedEvent: Sendable {
+    public let position: FeedPosition
+    public let orderID: OrderID
+    public let isTerminal: Bool
+    public let occurredAt: String
+    public let json: ByteBuffer
+    public let frame: ByteBuffer
+
+    public init(_ feedEvent: FeedEvent) {
+        let json = feedEvent.event.json
+        self.position = feedEvent.position
+        self.orderID = feedEvent.event.orderID
+        self.isTerminal = feedEvent.event.isTerminal
+        self.occurredAt = feedEvent.event.occurredAt
+        self.json = ByteBuffer(string: json)
+        self.frame = SSEFrame.feedEvent(at: feedEvent.position, json: json)
     }
 }

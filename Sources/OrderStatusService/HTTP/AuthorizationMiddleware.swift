@@ -23,6 +23,10 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         case .get, .head:
             let claims = try await claims(of: request, context: context, reading: true)
+            guard context.parameters.get("id") != nil else {
+                try authorizeFeed(request, claims: claims)
+                break
+            }
             let orderID = RequestParsing.pathID(context)
             guard claims.mayRead(order: orderID) else {
                 throw Problem.forbidden(
@@ -33,6 +37,24 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
             break
         }
         return try await next(request, context)
+    }
+
+    /// A feed (a route without an order in its path): every order needs the read scope; a feed of
+    /// listed orders needs each of them allowed. Checked on the ids as sent, before they are
+    /// parsed, so a refusal comes before any other error.
+    private func authorizeFeed(_ request: Request, claims: AccessClaims) throws {
+        let listed = request.uri.queryParameters.getAll("order")
+        if listed.isEmpty {
+            guard claims.scopes.contains(AccessClaims.readScope) else {
+                throw Problem.forbidden("The feed of every order needs the scope \(AccessClaims.readScope).", scope: AccessClaims.readScope)
+            }
+            return
+        }
+        if let refused = listed.first(where: { !claims.mayRead(order: String($0)) }) {
+            throw Problem.forbidden(
+                "The token does not grant access to the order '\(refused)': it needs the scope \(AccessClaims.readScope) or to name the order in its orders claim.",
+                scope: AccessClaims.readScope)
+        }
     }
 
     /// The verified claims of the request's token, or a 401 problem.

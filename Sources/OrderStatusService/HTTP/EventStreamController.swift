@@ -6,6 +6,13 @@ import NIOCore
 enum EventStreamPath {
     static let prefix = "/events/order-status/"
     static let route = RouterPath(prefix + ":id")
+    /// The feed of many orders or all (`FeedController`).
+    static let feed = "/events/order-status"
+
+    /// Whether a request target asks for an order's stream or the feed.
+    static func isEventStream(target: String) -> Bool {
+        target.hasPrefix(prefix) || target == feed || target.hasPrefix(feed + "?")
+    }
 }
 
 /// `GET /events/order-status/{id}`: the order's state, the replay after Last-Event-ID, then live
@@ -70,8 +77,12 @@ struct EventStreamController<Context: EventStreamRequestContext> {
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { [attachment = context.eventStreamAttachment, slot] writer in
-                try await attachment.serve(id, from: hub, holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
+                try await attachment.serve(holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
                     try await writeReplay(of: id, replay: replay, after: position, to: &writer)
+                } subscribe: { [hub] position, sink in
+                    await hub.subscribe(to: id, after: position, sink: sink).map { subscriber in
+                        HubSubscription { hub.streamDeparted(from: id, id: subscriber) }
+                    }
                 }
             })
     }

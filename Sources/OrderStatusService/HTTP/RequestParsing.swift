@@ -93,3 +93,57 @@ extension HTTPField.Name {
     static let lastEventID = Self("Last-Event-ID")!
     static let xAccelBuffering = Self("X-Accel-Buffering")!
 }
+
+/// Parsers for the feed's query: the `order` filter and cursors.
+extension RequestParsing {
+    static let maximumFeedOrders = 100
+
+    /// The `order` filter: nil without one; 1 to 100 distinct ids (duplicates count once), else 400.
+    static func feedOrders(_ request: Request) throws -> Set<OrderID>? {
+        let values = request.uri.queryParameters.getAll("order")
+        guard !values.isEmpty else { return nil }
+        var orders = Set<OrderID>()
+        for value in values {
+            guard let id = OrderID(value) else {
+                throw Problem(.badRequest, "Query parameter 'order' must be an order id (1 to 64 of A-Z a-z 0-9 . _ : -, starting with a letter or digit).")
+            }
+            orders.insert(id)
+            guard orders.count <= maximumFeedOrders else {
+                throw Problem(.badRequest, "A feed follows at most \(maximumFeedOrders) distinct orders.")
+            }
+        }
+        return orders
+    }
+
+    /// The feed stream's resume position: the `Last-Event-ID` header, else the `lastEventId` query
+    /// parameter; an empty value counts as absent.
+    static func feedCursor(_ request: Request) throws -> FeedPosition? {
+        let headerValues = request.headers[values: .lastEventID]
+        let text: String
+        if let header = headerValues.first {
+            guard headerValues.count == 1 else { throw Problem(.badRequest, "Send one Last-Event-ID header.") }
+            text = header
+        } else {
+            let values = request.uri.queryParameters.getAll("lastEventId")
+            guard values.count <= 1 else { throw Problem(.badRequest, "Send one lastEventId query parameter.") }
+            text = values.first.map { String($0) } ?? ""
+        }
+        if text.isEmpty { return nil }
+        return try cursor(text, named: "Last-Event-ID")
+    }
+
+    /// The long poll's `after`: nil when absent; present, it must be a cursor (an empty one is 400).
+    static func feedAfter(_ request: Request) throws -> FeedPosition? {
+        let values = request.uri.queryParameters.getAll("after")
+        guard let text = values.first else { return nil }
+        guard values.count == 1 else { throw Problem(.badRequest, "Send one 'after' query parameter.") }
+        return try cursor(text, named: "after")
+    }
+
+    private static func cursor(_ text: some StringProtocol, named name: String) throws -> FeedPosition {
+        guard let position = FeedPosition(cursor: text) else {
+            throw Problem(.badRequest, "\(name) must be a feed cursor this service handed out, or 0 for the start of the feed.")
+        }
+        return position
+    }
+}

@@ -92,6 +92,7 @@ extension Migrator.Migration {
         Self(name: "001_orders_and_events.sql", sql: String(decoding: PackageResources._01_orders_and_events_sql, as: UTF8.self)),
         Self(name: "002_metadata_as_written.sql", sql: String(decoding: PackageResources._02_metadata_as_written_sql, as: UTF8.self)),
         Self(name: "003_notification_channel.sql", sql: String(decoding: PackageResources._03_notification_channel_sql, as: UTF8.self)),
+        Self(name: "004_feed_order.sql", sql: String(decoding: PackageResources._04_feed_order_sql, as: UTF8.self)),
     ]
 }
 

@@ -54,8 +54,9 @@ enum OrderStatements {
                 WHERE o.id = c.id AND c.status = ANY($3::text[]) AND ($4::int8[] IS NULL OR c.version = ANY($4::int8[]))
                 RETURNING o.*, c.status AS previous_status
             ), new_event AS (
-                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::json
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata, feed_xact)
+                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::json,
+                    \(SQL.feedTransaction(previousEventOf: "current_order"))
                 FROM changed_order
                 RETURNING *
             ), notified AS (

@@ -23,27 +23,26 @@ struct EventStreamAttachment: Sendable {
     /// A stream served by Hummingbird's own request loop on `channel` (an HTTP/2 stream's, or the connection's).
     static func requestTask(on channel: any Channel) -> Self { Self(kind: .requestTask(channel)) }
 
-    /// Serves the stream of `orderID`: `replay` writes what precedes the live events and returns the
-    /// last event id it wrote, or nil when the stream is already over; then the hub's events follow
-    /// until the order's terminal event, the client leaving, or shutdown. At most `capacity`
-    /// frames wait unsent for a client. `slot`, the stream's place under MAX_STREAMS, is kept
-    /// until the stream's transport is gone.
-    func serve(
-        _ orderID: OrderID,
-        from hub: OrderEventHub,
+    /// Serves a stream: `replay` writes what precedes the live events and returns the position it
+    /// reached, or nil when the stream is already over; then `subscribe` registers the stream with
+    /// the hub at that position, and the hub's frames follow until the hub ends the stream, the
+    /// client leaves, or shutdown. At most `capacity` frames wait unsent for a client. `slot`, the
+    /// stream's place under MAX_STREAMS, is kept until the stream's transport is gone.
+    func serve<Position: Sendable>(
         holding slot: AdmissionSlot?,
         capacity: Int,
         request: Request,
         writer: inout any ResponseBodyWriter,
-        replay: (inout any ResponseBodyWriter) async throws -> Int64?
+        replay: (inout any ResponseBodyWriter) async throws -> Position?,
+        subscribe: @Sendable (Position, any EventStreamSink) async -> HubSubscription?
     ) async throws {
         switch kind {
         case .channel(let channel):
             guard let position = try await replay(&writer) else { return try await writer.finish(nil) }
             let sink = channel.handToHub(capacity: capacity)
-            guard let subscriberID = await hub.subscribe(to: orderID, after: position, sink: sink) else { return sink.finish() }
+            guard let subscription = await subscribe(position, sink) else { return sink.finish() }
             sink.whenClosed {
-                withExtendedLifetime(slot) { hub.streamDeparted(from: orderID, id: subscriberID) }
+                withExtendedLifetime(slot) { subscription.leave() }
             }
         case .requestTask(let channel):
             let (frames, continuation) = OrderEventHub.StreamMailbox.makeStream(bufferingPolicy: .bufferingOldest(capacity))
@@ -51,14 +50,9 @@ struct EventStreamAttachment: Sendable {
             // A client that goes away finishes the mailbox at once, which ends the loop below.
             try await request.body.consumeWithInboundCloseHandler { _ in
                 guard let position = try await replay(&writer) else { return }
-                guard let subscriberID = await hub.subscribe(to: orderID, after: position, sink: mailbox) else { return }
-                do {
-                    for await frame in frames { try await writer.write(frame) }
-                } catch {
-                    await hub.unsubscribe(from: orderID, id: subscriberID)
-                    throw error
-                }
-                await hub.unsubscribe(from: orderID, id: subscriberID)
+                guard let subscription = await subscribe(position, mailbox) else { return }
+                defer { subscription.leave() }
+                for await frame in frames { try await writer.write(frame) }
             } onInboundClosed: {
                 mailbox.finish()
             }
@@ -66,6 +60,11 @@ struct EventStreamAttachment: Sendable {
             withExtendedLifetime(slot) {}
         }
     }
+}
+
+/// A stream's registration with the hub; `leave` takes it off when its transport is gone.
+struct HubSubscription: Sendable {
+    let leave: @Sendable () -> Void
 }
 
 /// The mailbox of a stream its request's task writes. When the hub finds it full and drops the

@@ -50,10 +50,10 @@ final class EventStreamHandoff: ChannelInboundHandler, RemovableChannelHandler {
         firstRequest = nil
     }
 
-    /// A GET of an order's stream. Everything else about it (the id, the headers, the method
+    /// A GET of an order's stream or the feed. Everything else about it (the id, the headers, the method
     /// rules of other paths) is left to the router; a HEAD holds no stream, so Hummingbird's loop answers it.
     static func isEventStream(_ head: HTTPRequest) -> Bool {
-        head.method == .get && head.path?.hasPrefix(EventStreamPath.prefix) == true
+        head.method == .get && head.path.map(EventStreamPath.isEventStream(target:)) == true
     }
 
     func handlerAdded(context: ChannelHandlerContext) {

@@ -1,0 +1,148 @@
+import PostgresNIO
+
+/// The feed's statements (migration 004 explains the order). Each reads the frontier, the oldest
+/// unfinished transaction, from the statement's own snapshot: the events below it are then exactly
+/// the committed ones, and no later commit can add one there.
+enum FeedStatements {
+    /// The frontier, and the committed events it holds back (those of `$orders`, all when null).
+    private static func snapshotCTEs(orders: String) -> String {
+        """
+        frontier AS MATERIALIZED (
+            SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+        ), held AS (
+            SELECT array_agg(DISTINCT h.order_id) AS orders, extract(epoch FROM clock_timestamp() - min(h.occurred_at))::float8 AS age
+            FROM order_events h, frontier f
+            WHERE h.feed_xact >= f.xmin AND (\(orders)::text[] IS NULL OR h.order_id = ANY(\(orders)::text[]))
+        )
+        """
+    }
+
+    private static let snapshotColumns = "f.xmin::text, held.orders, held.age"
+
+    /// The feed's events after a position, in feed order, below the frontier: one row per event,
+    /// or one row of nulls after the snapshot's columns when there is none.
+    struct Page: PostgresPreparedStatement {
+        static let sql = """
+            WITH \(snapshotCTEs(orders: "$4"))
+            SELECT \(snapshotColumns), e.feed_xact::text, \(SQL.eventColumns("e"))
+            FROM frontier f CROSS JOIN held
+            LEFT JOIN LATERAL (
+                SELECT * FROM order_events
+                WHERE (feed_xact, id) > ($1::xid8, $2) AND feed_xact < f.xmin AND ($4::text[] IS NULL OR order_id = ANY($4::text[]))
+                ORDER BY feed_xact, id
+                LIMIT $3
+            ) e ON true
+            ORDER BY e.feed_xact, e.id
+            """
+        static let bindingDataTypes: [PostgresDataType] = [.text, .int8, .int8, .textArray]
+
+        let after: FeedPosition
+        let orders: [String]?
+        let limit: Int
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 4)
+            bindings.append(String(after.transaction))
+            bindings.append(after.eventID)
+            bindings.append(limit)
+            bindings.append(orders)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> (FeedSnapshot, FeedEvent?) {
+            let c = try row.decode((String, [String]?, Double?, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
+            let snapshot = try FeedSnapshot(frontier: c.0, heldBackOrders: c.1, heldBackSeconds: c.2)
+            guard let transaction = c.3 else { return (snapshot, nil) }
+            return (snapshot, try SQL.feedEvent(transaction: transaction, (c.4, c.5, c.6, c.7, c.8, c.9, c.10)))
+        }
+    }
+
+    /// Each of the listed orders, whether it exists, and its latest event below the frontier: one
+    /// row per listed order.
+    struct Orders: PostgresPreparedStatement {
+        static let sql = """
+            WITH \(snapshotCTEs(orders: "$1"))
+            SELECT \(snapshotColumns), w.id, o.status, e.feed_xact::text, \(SQL.eventColumns("e"))
+            FROM frontier f CROSS JOIN held CROSS JOIN unnest($1::text[]) AS w(id)
+            LEFT JOIN orders o ON o.id = w.id
+            LEFT JOIN LATERAL (
+                SELECT * FROM order_events x WHERE x.order_id = o.id AND x.feed_xact < f.xmin ORDER BY x.id DESC LIMIT 1
+            ) e ON true
+            """
+        static let bindingDataTypes: [PostgresDataType] = [.textArray]
+
+        let orders: [String]
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 1)
+            bindings.append(orders)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> (FeedSnapshot, FeedOrderState) {
+            let c = try row.decode(
+                (String, [String]?, Double?, String, OrderStatus?, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
+            let snapshot = try FeedSnapshot(frontier: c.0, heldBackOrders: c.1, heldBackSeconds: c.2)
+            let id = try SQL.orderID(c.3)
+            let latest = try c.5.map { try SQL.feedEvent(transaction: $0, (c.6, c.7, c.8, c.9, c.10, c.11, c.12)) }
+            return (snapshot, FeedOrderState(id: id, exists: c.4 != nil, latest: latest))
+        }
+    }
+}
+
+/// What one feed read saw of the feed as a whole.
+public struct FeedSnapshot: Sendable, Equatable {
+    /// Every event before this position has committed (or never will): the feed's end, for now.
+    public var frontier: FeedPosition
+    /// Orders with committed events past the frontier, held back by an unfinished older transaction.
+    public var heldBackOrders: Set<OrderID>
+    /// How long the oldest held-back event has waited since its transaction began; nil when none waits.
+    public var heldBackSeconds: Double?
+
+    public init(frontier: FeedPosition, heldBackOrders: Set<OrderID> = [], heldBackSeconds: Double? = nil) {
+        self.frontier = frontier
+        self.heldBackOrders = heldBackOrders
+        self.heldBackSeconds = heldBackSeconds
+    }
+
+    init(frontier: String, heldBackOrders: [String]?, heldBackSeconds: Double?) throws {
+        self.init(
+            frontier: FeedPosition(frontier: try SQL.transaction(frontier)),
+            heldBackOrders: Set(try (heldBackOrders ?? []).map(SQL.orderID)),
+            heldBackSeconds: heldBackSeconds)
+    }
+}
+
+/// A listed order as a feed starts on it.
+public struct FeedOrderState: Sendable, Equatable {
+    public var id: OrderID
+    public var exists: Bool
+    /// Its latest event below the frontier; nil for a missing order, or one whose events are all held back.
+    public var latest: FeedEvent?
+
+    public init(id: OrderID, exists: Bool, latest: FeedEvent?) {
+        self.id = id
+        self.exists = exists
+        self.latest = latest
+    }
+}
+
+extension SQL {
+    /// The feed transaction of a change's event: its own transaction, or the order's previous
+    /// event's when that is higher, so one order's events ascend in feed order (migration 004).
+    static func feedTransaction(previousEventOf order: String) -> String {
+        "greatest(pg_current_xact_id(), (SELECT p.feed_xact FROM order_events p, \(order) c WHERE p.id = c.last_event_id))"
+    }
+
+    /// An `xid8` read as text: the service's positions are signed 64-bit, which PostgreSQL's
+    /// 64-bit transaction ids reach only after 2^63 transactions.
+    static func transaction(_ text: String) throws -> Int64 {
+        guard let value = Int64(text), value >= 0 else { throw OrderStoreError.corruptRow("malformed transaction id \(text)") }
+        return value
+    }
+
+    static func feedEvent(transaction: String, _ row: OptionalEventRow) throws -> FeedEvent {
+        let event = try event(row)
+        return FeedEvent(position: FeedPosition(transaction: try Self.transaction(transaction), eventID: event.id), event: event)
+    }
+}
