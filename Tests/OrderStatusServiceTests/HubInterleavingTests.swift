@@ -65,7 +65,9 @@ actor ScriptedEventTable: OrderEventReader {
 
     /// The table as a feed: every event committed in its own transaction, none held back.
     func feedPage(after position: FeedPosition, orders: Set<OrderID>?, limit: Int) async throws -> FeedPage {
-        let feed = events.filter { orders.carries($0.orderID) }.map { FeedEvent(position: FeedPosition(transaction: $0.id, eventID: $0.id), event: $0) }
+        let feed = events.filter { orders.carries($0.orderID) }.map {
+            FeedEvent(position: FeedPosition(transaction: $0.id, eventID: $0.id), event: $0)
+        }
         let frontier = FeedPosition(frontier: (events.last?.id ?? 0) + 1)
         return FeedPage(snapshot: FeedSnapshot(frontier: frontier), events: Array(feed.lazy.filter { $0.position > position }.prefix(limit)))
     }

@@ -90,7 +90,8 @@ public func buildApplication(
     // hold no request (nor a stream: a response in flight keeps its connection).
     let http1 = HTTP1Channel.Configuration(
         idleTimeout: .nanoseconds(Int64(settings.requestIdleTimeout / .nanoseconds(1))),
-        httpDecoderConfiguration: .init(maxHeaderFieldSize: 8 * 1024, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
+        httpDecoderConfiguration: .init(
+            maxHeaderFieldSize: RequestLimits.maximumHeaderFieldBytes, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
     )
     let httpsBounds = HTTPSBounds(
         tlsHandshakeTimeout: .nanoseconds(Int64(settings.tlsHandshakeTimeout / .nanoseconds(1))),

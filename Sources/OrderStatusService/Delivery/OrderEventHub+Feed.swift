@@ -128,7 +128,8 @@ extension OrderEventHub {
             let batch = carried.prefix(poll.limit)
             let heldBack = poll.orders.map { !page.snapshot.heldBackOrders.isDisjoint(with: $0) } ?? !page.snapshot.heldBackOrders.isEmpty
             poll.mailbox.yield(
-                FeedPollAnswer(events: batch.map(\.json), cursor: batch.last!.position, upToDate: batch.count == carried.count && isComplete && !heldBack))
+                FeedPollAnswer(
+                    events: batch.map(\.json), cursor: batch.last!.position, upToDate: batch.count == carried.count && isComplete && !heldBack))
             delivered += batch.count
             releaseFeedPoll(id: id)
         }
@@ -138,7 +139,9 @@ extension OrderEventHub {
 
     /// Sends the events the stream's feed carries after its position; false when the stream ended
     /// (its client stopped reading, or its last listed order reached its terminal event).
-    private func send(_ events: [EncodedFeedEvent], to stream: FeedSubscribers.Stream, id: Int, now: ContinuousClock.Instant, delivered: inout Int) -> Bool {
+    private func send(
+        _ events: [EncodedFeedEvent], to stream: FeedSubscribers.Stream, id: Int, now: ContinuousClock.Instant, delivered: inout Int
+    ) -> Bool {
         for event in events where event.position > stream.position && stream.orders.carries(event.orderID) {
             guard accepts(event.frame, sink: stream.sink, describedBy: ["feed": "\(id)"]) else {
                 unsubscribeFeed(id: id)

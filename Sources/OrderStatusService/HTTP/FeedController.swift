@@ -123,7 +123,9 @@ struct FeedController<Context: EventStreamRequestContext> {
 
     /// The hub's answer once an event of the feed commits after `position`; nil when the timeout
     /// passes or the client leaves first.
-    private func wait(after position: FeedPosition, orders: Set<OrderID>?, limit: Int, timeout: Duration, channel: any Channel) async -> FeedPollAnswer? {
+    private func wait(
+        after position: FeedPosition, orders: Set<OrderID>?, limit: Int, timeout: Duration, channel: any Channel
+    ) async -> FeedPollAnswer? {
         let (answers, mailbox) = AsyncStream<FeedPollAnswer>.makeStream()
         guard let pollID = await hub.holdFeedPoll(after: position, orders: orders, limit: limit, mailbox: mailbox) else { return nil }
         let answer = await withTaskGroup(of: FeedPollAnswer?.self) { group in

@@ -105,7 +105,8 @@ extension RequestParsing {
         var orders = Set<OrderID>()
         for value in values {
             guard let id = OrderID(value) else {
-                throw Problem(.badRequest, "Query parameter 'order' must be an order id (1 to 64 of A-Z a-z 0-9 . _ : -, starting with a letter or digit).")
+                throw Problem(
+                    .badRequest, "Query parameter 'order' must be an order id (1 to 64 of A-Z a-z 0-9 . _ : -, starting with a letter or digit).")
             }
             orders.insert(id)
             guard orders.count <= maximumFeedOrders else {

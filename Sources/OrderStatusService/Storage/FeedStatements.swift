@@ -128,12 +128,6 @@ public struct FeedOrderState: Sendable, Equatable {
 }
 
 extension SQL {
-    /// The feed transaction of a change's event: its own transaction, or the order's previous
-    /// event's when that is higher, so one order's events ascend in feed order (migration 004).
-    static func feedTransaction(previousEventOf order: String) -> String {
-        "greatest(pg_current_xact_id(), (SELECT p.feed_xact FROM order_events p, \(order) c WHERE p.id = c.last_event_id))"
-    }
-
     /// An `xid8` read as text: the service's positions are signed 64-bit, which PostgreSQL's
     /// 64-bit transaction ids reach only after 2^63 transactions.
     static func transaction(_ text: String) throws -> Int64 {

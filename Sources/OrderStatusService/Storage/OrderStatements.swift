@@ -9,13 +9,13 @@ enum OrderStatements {
     struct Create: PostgresPreparedStatement {
         static let sql = """
             WITH new_order AS (
-                INSERT INTO orders (id, status, version, metadata, created_at, updated_at, last_event_id)
-                VALUES ($1, $2, 1, $3::json, now(), now(), nextval(pg_get_serial_sequence('order_events', 'id')))
+                INSERT INTO orders (id, status, version, metadata, created_at, updated_at, last_event_id, last_feed_xact)
+                VALUES ($1, $2, 1, $3::json, now(), now(), nextval(pg_get_serial_sequence('order_events', 'id')), pg_current_xact_id())
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *
             ), new_event AS (
-                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata)
-                SELECT last_event_id, id, status, NULL, 1, created_at, metadata FROM new_order
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata, feed_xact)
+                SELECT last_event_id, id, status, NULL, 1, created_at, metadata, last_feed_xact FROM new_order
                 RETURNING *
             ), notified AS (
                 \(ChangeNotification.notifySQL(from: "new_event"))
@@ -49,14 +49,14 @@ enum OrderStatements {
                 SELECT * FROM orders WHERE id = $1 FOR UPDATE
             ), changed_order AS (
                 UPDATE orders o SET status = $2, version = o.version + 1, updated_at = now(),
-                    last_event_id = nextval(pg_get_serial_sequence('order_events', 'id'))
+                    last_event_id = nextval(pg_get_serial_sequence('order_events', 'id')),
+                    last_feed_xact = greatest(pg_current_xact_id(), o.last_feed_xact)
                 FROM current_order c
                 WHERE o.id = c.id AND c.status = ANY($3::text[]) AND ($4::int8[] IS NULL OR c.version = ANY($4::int8[]))
                 RETURNING o.*, c.status AS previous_status
             ), new_event AS (
                 INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at, metadata, feed_xact)
-                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::json,
-                    \(SQL.feedTransaction(previousEventOf: "current_order"))
+                SELECT last_event_id, id, status, previous_status, version, updated_at, $5::json, last_feed_xact
                 FROM changed_order
                 RETURNING *
             ), notified AS (
