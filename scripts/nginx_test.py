@@ -142,14 +142,14 @@ class Nginx:
 class EventStream:
     """An SSE response read block by block as it arrives (http.client undoes nginx's chunking)."""
 
-    def __init__(self, base_url, order_id, last_event_id=None):
+    def __init__(self, base_url, order_id=None, last_event_id=None, path=None):
         port = int(base_url.rsplit(":", 1)[1])
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         # Like a browser: it accepts gzip, and the stream must still come uncompressed, at once.
         headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip, deflate"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        self.connection.request("GET", f"/events/order-status/{order_id}", headers=headers)
+        self.connection.request("GET", path or f"/events/order-status/{order_id}", headers=headers)
         self.response = self.connection.getresponse()
         self.buffer = b""
 
@@ -168,18 +168,66 @@ class EventStream:
         block, self.buffer = self.buffer.split(b"\n\n", 1)
         return block.decode(), time.perf_counter()
 
-    def next_event(self, timeout=10.0):
-        """The next `order-status` event as (Event JSON, arrival time), skipping retry and heartbeats."""
+    def next_event(self, timeout=10.0, name="order-status"):
+        """The next event named `name` as (its JSON, arrival time), skipping retry, heartbeats and other events."""
         while True:
             item = self.next_block(timeout)
             check(item is not None, "the stream ended before the expected event")
             block, arrived = item
-            for line in block.split("\n"):
+            lines = block.split("\n")
+            if f"event: {name}" not in lines:
+                continue
+            for line in lines:
                 if line.startswith("data: "):
                     return json.loads(line[len("data: "):]), arrived
 
     def close(self):
         self.connection.close()
+
+
+def check_feed(nginx_url, service_url):
+    """The feed through nginx: a 100-id request line, a live filtered stream, and a held feed poll."""
+    orders = [f"nginx-feed-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    for order_id in orders:
+        post_json(nginx_url, "/orders", {"id": order_id}, 201)
+    # 100 distinct ids of 64 characters, repeated (duplicates count once): a 16 KiB request target.
+    wide = "&".join(f"order=x{index % 100:02d}{'y' * 61}" for index in range(231))
+    status, headers, body = request(nginx_url, "GET", f"/poll/order-status?{wide}")
+    check(status == 404 and headers.get("content-type") == "application/problem+json",
+          f"a feed of 100 ids of 64 characters in a {len(wide)}-byte query through nginx answered {status}: {body[:200]!r}")
+    query = "&".join(f"order={order_id}" for order_id in orders)
+    stream = EventStream(nginx_url, path=f"/events/order-status?{query}")
+    try:
+        check(stream.response.status == 200, f"the feed through nginx answered {stream.response.status}")
+        first = [stream.next_event()[0]["orderId"] for _ in orders]
+        check(first == orders, f"the feed's first events are the latest of each order: {first}")
+        caught_up, _ = stream.next_event(name="caught-up")
+        sent = time.perf_counter()
+        post_json(nginx_url, f"/orders/{orders[1]}/status", {"status": "paid"}, 200)
+        event, arrived = stream.next_event(timeout=5)
+        check(event["orderId"] == orders[1] and event["status"] == "paid", f"the feed's live event: {event}")
+    finally:
+        stream.close()
+    status, _, body = request(nginx_url, "GET", f"/poll/order-status?{query}&after={caught_up['cursor']}&timeout=0")
+    at_once = json.loads(body)
+    check(status == 200 and [event["status"] for event in at_once["events"]] == ["paid"] and at_once["upToDate"] is True,
+          f"the feed poll after caught-up answered {status}: {body[:300]!r}")
+    answer = {}
+
+    def hold():
+        answer["result"] = request(nginx_url, "GET", f"/poll/order-status?{query}&after={at_once['cursor']}&timeout=30", timeout=40)
+
+    poller = threading.Thread(target=hold)
+    poller.start()
+    wait_until("the feed poll to be held by the service", lambda: metric(service_url, "order_status_held_polls") >= 1)
+    post_json(nginx_url, f"/orders/{orders[0]}/status", {"status": "cancelled"}, 200)
+    poller.join(timeout=10)
+    check("result" in answer, "the held feed poll was not answered within 10 s of the change")
+    status, _, body = answer["result"]
+    poll = json.loads(body)
+    check(status == 200 and [event["status"] for event in poll["events"]] == ["cancelled"] and poll["upToDate"] is True,
+          f"the held feed poll answered {status}: {body[:300]!r}")
+    log(f"feed through nginx: a {len(wide) // 1024} KiB request target, live event in {(arrived - sent) * 1000:.1f} ms, a held feed poll answered")
 
 
 def check_rest(nginx_url):
@@ -327,6 +375,7 @@ def main():
         check_resume(nginx.base_url, order_id, first_event_id)
         check_long_poll(nginx.base_url, service.base_url, order_id)
         check_terminal_stream_ends(nginx.base_url, order_id)
+        check_feed(nginx.base_url, service.base_url)
         second.start()
         check_two_instances(service, second)
         log("passed")
