@@ -83,6 +83,42 @@ struct MigrationTests {
         #expect(stored == Array(repeating: #"{"a":{"e":{},"x":"y, z: \"q\""},"c":[],"bb":[1,2.50,null,true]}"#, count: 2))
     }
 
+    /// Migration 004 on a table with events: the rows written before it come first in the feed, in
+    /// id order (their commit order per order), and changes after it follow them.
+    @Test func eventsWrittenBeforeMigration004LeadTheFeedInIDOrder() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        for name in try Self.migrationFiles where name < "004" {
+            try FileManager.default.copyItem(atPath: Self.sqlFolder.appendingPathComponent(name).path, toPath: folder + "/" + name)
+        }
+        let database = try await TestDatabase.createFresh()
+        let first = try await Self.runCommand(["migrate"], databaseURL: database, settings: ["MIGRATIONS_DIR": folder])
+        #expect(first.status == 0, "\(first.output)")
+        // Two orders as an instance before 004 wrote them: ids interleaved, each order's ascending.
+        try await TestDatabase.withConnection(to: database) { connection in
+            _ = try await connection.query(
+                "INSERT INTO orders VALUES ('M-a', 'paid', 2, NULL, now(), now(), 3), ('M-b', 'paid', 2, NULL, now(), now(), 4)", logger: testLogger
+            ).collect()
+            _ = try await connection.query(
+                """
+                INSERT INTO order_events (id, order_id, status, previous_status, version, occurred_at) VALUES
+                    (1, 'M-a', 'pending', NULL, 1, now()), (2, 'M-b', 'pending', NULL, 1, now()),
+                    (3, 'M-a', 'paid', 'pending', 2, now()), (4, 'M-b', 'paid', 'pending', 2, now())
+                """, logger: testLogger
+            ).collect()
+            _ = try await connection.query("SELECT setval('order_events_id_seq', 4)", logger: testLogger).collect()
+        }
+        try await TestService.with(databaseURL: database) { service in
+            try await service.changeStatus("M-a", to: "processing")
+            let feed = try await FeedConnection.open(service, cursor: "0")
+            let events = try await feed.events(5)
+            #expect(events.map(\.id) == [1, 2, 3, 4, 5])
+            #expect(events.prefix(4).map(\.cursor) == ["0.1", "0.2", "0.3", "0.4"])
+            feed.close()
+        }
+    }
+
     @Test func migrationsDirReplacesTheEmbeddedFiles() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("migrations-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
