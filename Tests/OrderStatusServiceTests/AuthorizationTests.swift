@@ -335,6 +335,88 @@ struct AuthorizationTests {
         }
     }
 
+    // MARK: streams end with their token
+
+    /// A stream ends once its token is no longer accepted (`exp` plus the leeway), on both HTTP/1
+    /// paths: a connection whose first request is the stream (the hub writes to the channel) and a
+    /// stream asked for after another request (its request's task writes it). A reconnect with
+    /// the token is 401; a stream whose token lives on is untouched.
+    @Test func http1StreamsEndWhenTheirTokenExpires() async throws {
+        try await TestService.with(settings: Self.hs256) { service in
+            let writer = try await token(scope: "orders:write")
+            let id = try await createOrder(service, token: writer)
+            let lasting = try await RawConnection.open(port: service.port)
+            try await lasting.send(streamRequest(id, token: try await token(orders: [id])))
+            _ = try await lasting.read(through: "event: order-status", within: .seconds(10))
+
+            let (expiring, acceptedUntil) = try await tokenAccepted(for: 4, orders: [id])
+            let firstRequest = try await RawConnection.open(port: service.port)
+            try await firstRequest.send(streamRequest(id, token: expiring))
+            let afterAnother = try await RawConnection.open(port: service.port)
+            try await afterAnother.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + streamRequest(id, token: expiring))
+            let opened = try await firstRequest.read(through: "event: order-status", within: .seconds(10))
+            let openedSecond = try await afterAnother.read(through: "event: order-status", within: .seconds(10))
+            #expect(openedSecond.components(separatedBy: "HTTP/1.1 200").count == 3, "the health answer, then the stream: \(openedSecond)")
+            try await eventually("three streams live") { try await service.metric("order_status_open_streams") == 3 }
+
+            // One after the other: each read holds a thread of NIO's blocking pool while it waits.
+            let rest = try await firstRequest.readUntilClosed(within: .seconds(10))
+            let firstEnded = Date()
+            let restSecond = try await afterAnother.readUntilClosed(within: .seconds(10))
+            let secondEnded = Date()
+            for (what, text, ended) in [
+                ("first request", opened + rest, firstEnded), ("after another request", openedSecond + restSecond, secondEnded),
+            ] {
+                #expect(text.hasSuffix("\r\n0\r\n\r\n"), "\(what): the response's end, then the close: \(text.suffix(200))")
+                Self.expectEnded(at: ended, acceptedUntil: acceptedUntil, what)
+            }
+            #expect(firstEnded >= acceptedUntil, "not before the token stops being accepted: \(firstEnded.timeIntervalSince(acceptedUntil)) s")
+            try expectProblem(
+                try await service.get("/events/order-status/\(id)", headers: bearer(expiring)), 401, "reconnect with the token the stream ended with")
+            #expect(try await service.metric("order_status_streams_expired_total") == 2)
+            try await eventually("the lasting stream alone") { try await service.metric("order_status_open_streams") == 1 }
+
+            #expect(try await service.post("/orders/\(id)/status", #"{"status":"paid"}"#, headers: bearer(writer)).status == 200)
+            _ = try await lasting.read(through: #""status":"paid""#, within: .seconds(10))
+        }
+    }
+
+    /// HTTP/2 streams end the same way, with END_STREAM (a clean end, not a reset), while another
+    /// stream on the same connection goes on.
+    @Test func http2StreamsEndWhenTheirTokenExpires() async throws {
+        let certificate = try await SelfSignedCertificate.make()
+        try await TestService.with(settings: certificate.settings.merging(Self.hs256) { $1 }) { service in
+            let writer = try await token(scope: "orders:write")
+            let id = try await createOrder(service, token: writer)
+            let path = "/events/order-status/\(id)"
+            let connection = try await RawHTTP2Connection.open(port: service.port)
+            let lasting = try await connection.get(path, fields: [("authorization", "Bearer \(try await token(orders: [id]))")])
+            let (expiring, acceptedUntil) = try await tokenAccepted(for: 4, orders: [id])
+            let stream = try await connection.get(path, fields: [("authorization", "Bearer \(expiring)")])
+            try await eventually("both streams' first event") {
+                [stream, lasting].allSatisfy { String(decoding: $0.received.body, as: UTF8.self).contains("event: order-status") }
+            }
+            #expect(stream.received.status == "200")
+
+            try await RawHTTP2Stream.allClosed([stream], within: .seconds(10))
+            let ended = Date()
+            #expect(stream.received.ended, "END_STREAM")
+            #expect(stream.received.reset == nil, "not reset")
+            Self.expectEnded(at: ended, acceptedUntil: acceptedUntil, "HTTP/2")
+
+            let again = try await connection.get(path, fields: [("authorization", "Bearer \(expiring)")])
+            try await RawHTTP2Stream.allClosed([again], within: .seconds(10))
+            #expect(again.received.status == "401", "reconnect with the token the stream ended with")
+            #expect(try await service.metric("order_status_streams_expired_total") == 1)
+            #expect(lasting.channel.isActive)
+            #expect(try await service.post("/orders/\(id)/status", #"{"status":"paid"}"#, headers: bearer(writer)).status == 200)
+            try await eventually("the lasting stream carries the change") {
+                String(decoding: lasting.received.body, as: UTF8.self).contains(#""status":"paid""#)
+            }
+            await connection.close()
+        }
+    }
+
     // MARK: what stays open
 
     @Test func healthPageAndPreflightStayPublic() async throws {
@@ -474,6 +556,27 @@ struct AuthorizationTests {
     }
 
     func bearer(_ token: String) -> [(String, String)] { [("Authorization", "Bearer \(token)")] }
+
+    /// A token for `orders` that the service accepts for about `seconds` more: its `exp` lies that
+    /// far short of the leeway in the past. Returns it with the instant it stops being accepted.
+    func tokenAccepted(for seconds: TimeInterval, orders: [String]) async throws -> (String, Date) {
+        let acceptedUntil = Date().addingTimeInterval(seconds)
+        return (try await token(orders: orders, expiresIn: seconds - TokenVerifier.leeway), acceptedUntil)
+    }
+
+    /// A stream's end within the hub's tick of its token's last accepted instant, and a second of
+    /// scheduling on a busy machine.
+    static func expectEnded(at ended: Date, acceptedUntil: Date, _ what: String) {
+        let late = ended.timeIntervalSince(acceptedUntil)
+        let bound = Double(OrderEventHub.longestTick.components.seconds) + 1
+        testLogger.info("\(what): the stream ended \(late) s after its token stopped being accepted")
+        #expect(late >= -0.1 && late <= bound, "\(what): ended \(late) s after the token stopped being accepted")
+    }
+
+    /// An HTTP/1.1 GET of `id`'s stream with `token` in the Authorization header.
+    func streamRequest(_ id: String, token: String) -> String {
+        "GET /events/order-status/\(id) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n"
+    }
 
     /// The four routes that read one order.
     func readPaths(_ id: String) -> [String] {

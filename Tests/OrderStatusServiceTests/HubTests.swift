@@ -86,4 +86,43 @@ struct HubTests {
             #expect(reads() == "order_status_hub_event_reads_total 1")
         }
     }
+
+    /// Deadlines end streams from the hub's one timer, as a terminal event would: one past its
+    /// deadline when it subscribes (its token expired during the replay) is refused at once, one
+    /// with a near deadline ends on the tick after it, and one without a deadline goes on.
+    @Test func streamsEndAtTheirDeadline() async throws {
+        try await Self.withParts(["HEARTBEAT_SECONDS": "600"]) { parts in
+            let (order, created) = try await parts.store.create(NewOrder(id: OrderID(uniqueOrderID("X"))!))
+            let (_, lateMailbox) = OrderEventHub.StreamMailbox.makeStream()
+            #expect(await parts.hub.subscribe(to: order.id, after: created.id, sink: lateMailbox, until: Date().addingTimeInterval(-1)) == nil)
+            @Sendable func expired() -> String? {
+                parts.metrics.registry.emitToString().split(separator: "\n").first { $0.hasPrefix("order_status_streams_expired_total ") }.map(
+                    String.init)
+            }
+            #expect(expired() == "order_status_streams_expired_total 1")
+
+            let (ending, endingMailbox) = OrderEventHub.StreamMailbox.makeStream()
+            let (lasting, lastingMailbox) = OrderEventHub.StreamMailbox.makeStream()
+            let deadline = Date().addingTimeInterval(1.5)
+            #expect(await parts.hub.subscribe(to: order.id, after: created.id, sink: endingMailbox, until: deadline) != nil)
+            #expect(await parts.hub.subscribe(to: order.id, after: created.id, sink: lastingMailbox) != nil)
+            // The heartbeat is 600 s: nothing but the deadline can end it within the wait.
+            let frames = try await withDeadline(.seconds(10), "the stream's end") {
+                var count = 0
+                for await _ in ending { count += 1 }
+                return count
+            }
+            let late = Date().timeIntervalSince(deadline)
+            #expect(frames == 0)
+            #expect(late >= 0 && late <= Double(OrderEventHub.longestTick.components.seconds) + 1, "ended \(late) s after its deadline")
+            #expect(expired() == "order_status_streams_expired_total 2")
+
+            _ = try await parts.store.changeStatus(of: order.id, to: StatusChange(status: .paid), allowedVersions: nil)
+            let next = try await withDeadline(.seconds(10), "the lasting stream's event") {
+                var iterator = lasting.makeAsyncIterator()
+                return await iterator.next().map { String(buffer: $0) }
+            }
+            #expect(next?.contains("event: order-status") == true)
+        }
+    }
 }

@@ -70,6 +70,12 @@ public struct TokenVerifier: Sendable {
         return claims
     }
 
+    /// The last instant `verify` accepts the claims' token: its `exp` plus the leeway. A stream the
+    /// token authorized ends then, so that a reconnect with it is refused.
+    static func acceptedUntil(_ claims: AccessClaims) -> Date? {
+        claims.exp.map { $0.value.addingTimeInterval(leeway) }
+    }
+
     /// The header's `alg`, once the header and the claims have parsed with the service's strict JSON
     /// parser: jwt-kit's Foundation decoder lets a repeated claim through (the first one wins), so a
     /// token could show a checker one `scope` and the service another.

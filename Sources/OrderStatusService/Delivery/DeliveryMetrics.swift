@@ -11,6 +11,8 @@ public struct DeliveryMetrics: Sendable {
     let eventsDelivered: CoreMetrics.Counter
     let listenerReconnects: CoreMetrics.Counter
     let slowStreamsClosed: CoreMetrics.Counter
+    /// Streams ended because the token that authorized them expired (with its leeway).
+    let streamsExpired: CoreMetrics.Counter
     /// Reads of the event table by the hub; a notified event that follows on is delivered without one.
     let hubReads: CoreMetrics.Counter
     /// Notifications whose payload was not one the service writes: sent by something else.
@@ -40,6 +42,7 @@ public struct DeliveryMetrics: Sendable {
         self.eventsDelivered = CoreMetrics.Counter(label: "order_status_events_delivered_total", factory: factory)
         self.listenerReconnects = CoreMetrics.Counter(label: "order_status_listener_reconnects_total", factory: factory)
         self.slowStreamsClosed = CoreMetrics.Counter(label: "order_status_slow_streams_closed_total", factory: factory)
+        self.streamsExpired = CoreMetrics.Counter(label: "order_status_streams_expired_total", factory: factory)
         self.hubReads = CoreMetrics.Counter(label: "order_status_hub_event_reads_total", factory: factory)
         self.notificationsRejected = CoreMetrics.Counter(label: "order_status_notifications_rejected_total", factory: factory)
         self.deliveryLag = registry.makeDurationHistogram(

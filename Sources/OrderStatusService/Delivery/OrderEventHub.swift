@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -37,6 +38,8 @@ public actor OrderEventHub: Service {
     static let pageSize = OrderDeliveryState.pageSize
     /// Events a long poll answers with at most.
     static let pollBatchLimit = 100
+    /// The timer's longest tick: a stream ends at most this long (plus the hub's scheduling) after its deadline.
+    static let longestTick = Duration.seconds(1)
 
     final class StreamSubscriber {
         var position: Int64
@@ -90,6 +93,8 @@ public actor OrderEventHub: Service {
     private var orders: [OrderID: OrderSubscribers] = [:]
     /// Feeds (streams and polls of many orders or all), delivered by one shared read (`OrderEventHub+Feed`).
     let feed = FeedSubscribers()
+    /// When streams authorized by a token must end: its expiry plus the leeway it was accepted with.
+    private var deadlines = StreamDeadlines<StreamKey>()
     private var nextSubscriberID = 0
     /// MAX_STREAMS and MAX_POLLS: places taken at admission and held until the client is gone.
     private nonisolated let streamPlaces: AdmissionLimit
@@ -119,13 +124,13 @@ public actor OrderEventHub: Service {
 
     // MARK: Service
 
-    /// Runs the order reads and the one heartbeat timer shared by all streams. On graceful shutdown
-    /// it ends every stream and held poll, so the HTTP server can finish its own shutdown; reads
-    /// still waiting on the database do not hold the streams open.
+    /// Runs the order reads and the one timer shared by all streams (heartbeats and deadlines). On
+    /// graceful shutdown it ends every stream and held poll, so the HTTP server can finish its own
+    /// shutdown; reads still waiting on the database do not hold the streams open.
     public func run() async {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
-                group.addTask { await self.sendHeartbeats() }
+                group.addTask { await self.runTimer() }
                 for await work in self.inbox {
                     switch work {
                     case .read(let orderID, let generation): group.addTask { await self.readNewEvents(of: orderID, generation: generation) }
@@ -159,14 +164,24 @@ public actor OrderEventHub: Service {
 
     // MARK: Streams
 
-    /// Registers a stream that has already written every event of the order up to `position`.
-    /// Returns nil when the hub is shutting down; the caller then ends the stream.
-    public func subscribe(to orderID: OrderID, after position: Int64, sink: any EventStreamSink) -> Int? {
-        register(on: orderID, after: position) { entry, id in entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now) }
+    /// Registers a stream that has already written every event of the order up to `position`,
+    /// to be ended at `deadline` (its token's). Returns nil when the hub is shutting down or the
+    /// deadline has passed (during the replay); the caller then ends the stream.
+    public func subscribe(to orderID: OrderID, after position: Int64, sink: any EventStreamSink, until deadline: Date? = nil) -> Int? {
+        if let deadline, deadline <= Date() {
+            metrics.streamsExpired.increment()
+            return nil
+        }
+        let id = register(on: orderID, after: position) { entry, id in
+            entry.streams[id] = StreamSubscriber(position: position, sink: sink, now: clock.now)
+        }
+        if let id, let deadline { deadlines.insert(.order(orderID, subscriber: id), at: deadline) }
+        return id
     }
 
     public func unsubscribe(from orderID: OrderID, id: Int) {
         guard let entry = orders[orderID], let subscriber = entry.streams.removeValue(forKey: id) else { return }
+        deadlines.remove(.order(orderID, subscriber: id))
         subscriber.sink.finish()
         removeIfEmpty(orderID, entry)
     }
@@ -330,19 +345,42 @@ public actor OrderEventHub: Service {
         return false
     }
 
-    /// One timer for every stream: each tick writes a heartbeat to the streams that have been quiet
-    /// for a whole interval, so a stream is never silent much longer than the interval.
-    private func sendHeartbeats() async {
-        let interval = configuration.heartbeatInterval
-        let tick = max(interval / 4, .milliseconds(10))
+    /// One timer for every stream. Each tick ends the streams past their deadline; every quarter
+    /// of the heartbeat interval it also writes a heartbeat to the streams that have been quiet for
+    /// a whole interval, so a stream is never silent much longer than the interval.
+    private func runTimer() async {
+        let heartbeatTick = max(configuration.heartbeatInterval / 4, .milliseconds(10))
+        let tick = min(heartbeatTick, Self.longestTick)
+        var nextHeartbeats = clock.now + heartbeatTick
         while (try? await Task.sleep(for: tick)) != nil {
+            // The wall clock, as a token's expiry and the check of a reconnect's token are.
+            endExpiredStreams(now: Date())
             let now = clock.now
-            for (orderID, entry) in orders {
-                for (id, subscriber) in entry.streams where now - subscriber.lastWrite >= interval {
-                    _ = offer(SSEFrame.heartbeat, to: subscriber, id: id, of: orderID, now: now)
-                }
+            guard now >= nextHeartbeats else { continue }
+            nextHeartbeats = now + heartbeatTick
+            sendHeartbeats(now: now)
+        }
+    }
+
+    private func sendHeartbeats(now: ContinuousClock.Instant) {
+        for (orderID, entry) in orders {
+            for (id, subscriber) in entry.streams where now - subscriber.lastWrite >= configuration.heartbeatInterval {
+                _ = offer(SSEFrame.heartbeat, to: subscriber, id: id, of: orderID, now: now)
             }
-            sendFeedHeartbeats(now: now, interval: interval)
+        }
+        sendFeedHeartbeats(now: now, interval: configuration.heartbeatInterval)
+    }
+
+    /// Ends the streams whose token has expired as a terminal event ends them; the client's
+    /// reconnect with that token is refused.
+    private func endExpiredStreams(now: Date) {
+        for key in deadlines.removeExpired(asOf: now) {
+            switch key {
+            case .order(let orderID, let id):
+                guard orders[orderID]?.streams[id] != nil else { continue }
+                metrics.streamsExpired.increment()
+                unsubscribe(from: orderID, id: id)
+            }
         }
     }
 

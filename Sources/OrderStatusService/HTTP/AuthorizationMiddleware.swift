@@ -4,8 +4,9 @@ import Hummingbird
 /// Bearer-token authorization for the order routes, added to their router groups: group
 /// middleware runs after the route matched, so the order id is in `context.parameters`.
 /// POST (create, change) needs the scope `orders:write`; GET and HEAD need `orders:read` or a
-/// token naming the order. OPTIONS and the methods a route answers 405 pass through untouched.
-struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
+/// token naming the order, and a stream they open ends when the token does. OPTIONS and the
+/// methods a route answers 405 pass through untouched.
+struct AuthorizationMiddleware<Context: EventStreamRequestContext>: RouterMiddleware {
     let verifier: TokenVerifier
 
     /// Where a browser keeps a subscriber's token: an EventSource cannot send headers, and an
@@ -15,6 +16,7 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
     static var queryParameter: String { "access_token" }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
         switch request.method {
         case .post:
             let claims = try await claims(of: request, context: context, reading: false)
@@ -23,6 +25,7 @@ struct AuthorizationMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         case .get, .head:
             let claims = try await claims(of: request, context: context, reading: true)
+            context.streamDeadline = TokenVerifier.acceptedUntil(claims)
             guard context.parameters.get("id") != nil else {
                 try authorizeFeed(request, claims: claims)
                 break
@@ -121,7 +124,7 @@ extension Problem {
     }
 }
 
-extension RouterGroup {
+extension RouterGroup where Context: EventStreamRequestContext {
     /// This group's routes behind tokens checked by `verifier`, or open when authorization is off (nil).
     func authorized(by verifier: TokenVerifier?) -> RouterGroup<Context> {
         if let verifier { add(middleware: AuthorizationMiddleware<Context>(verifier: verifier)) }

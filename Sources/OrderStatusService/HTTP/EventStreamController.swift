@@ -76,11 +76,11 @@ struct EventStreamController<Context: EventStreamRequestContext> {
         headers[.connection] = "close"
         return Response(
             status: .ok, headers: headers,
-            body: ResponseBody { [attachment = context.eventStreamAttachment, slot] writer in
+            body: ResponseBody { [attachment = context.eventStreamAttachment, deadline = context.streamDeadline, slot] writer in
                 try await attachment.serve(holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
                     try await writeReplay(of: id, replay: replay, after: position, to: &writer)
                 } subscribe: { [hub] position, sink in
-                    await hub.subscribe(to: id, after: position, sink: sink).map { subscriber in
+                    await hub.subscribe(to: id, after: position, sink: sink, until: deadline).map { subscriber in
                         HubSubscription { hub.streamDeparted(from: id, id: subscriber) }
                     }
                 }
