@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 
@@ -9,11 +10,19 @@ extension OrderEventHub {
 
     /// Registers a feed stream that has written everything of its feed up to `position`. `orders`
     /// limits it (nil: every order); it ends once no order of `openOrders` is left without its
-    /// terminal event. Returns nil when the hub is shutting down.
-    public func subscribeFeed(after position: FeedPosition, orders: Set<OrderID>?, openOrders: Set<OrderID>, sink: any EventStreamSink) -> Int? {
+    /// terminal event, or at `deadline` (its token's). Returns nil when the hub is shutting down or
+    /// the deadline has passed (during the replay); the caller then ends the stream.
+    public func subscribeFeed(
+        after position: FeedPosition, orders: Set<OrderID>?, openOrders: Set<OrderID>, sink: any EventStreamSink, until deadline: Date? = nil
+    ) -> Int? {
         guard !isShuttingDown else { return nil }
+        if let deadline, deadline <= Date() {
+            metrics.streamsExpired.increment()
+            return nil
+        }
         let id = makeSubscriberID()
         feed.streams[id] = FeedSubscribers.Stream(position: position, orders: orders, openOrders: openOrders, sink: sink, now: clock.now)
+        if let deadline { deadlines.insert(.feed(subscriber: id), at: deadline) }
         metrics.openFeeds.record(feed.streams.count)
         // Events between the stream's replay and the hub's last read reach it through a new read.
         requestFeedRead()
@@ -22,6 +31,7 @@ extension OrderEventHub {
 
     public func unsubscribeFeed(id: Int) {
         guard let stream = feed.streams.removeValue(forKey: id) else { return }
+        deadlines.remove(.feed(subscriber: id))
         stream.sink.finish()
         metrics.openFeeds.record(feed.streams.count)
     }

@@ -94,7 +94,7 @@ public actor OrderEventHub: Service {
     /// Feeds (streams and polls of many orders or all), delivered by one shared read (`OrderEventHub+Feed`).
     let feed = FeedSubscribers()
     /// When streams authorized by a token must end: its expiry plus the leeway it was accepted with.
-    private var deadlines = StreamDeadlines<StreamKey>()
+    var deadlines = StreamDeadlines<StreamKey>()
     private var nextSubscriberID = 0
     /// MAX_STREAMS and MAX_POLLS: places taken at admission and held until the client is gone.
     private nonisolated let streamPlaces: AdmissionLimit
@@ -380,6 +380,10 @@ public actor OrderEventHub: Service {
                 guard orders[orderID]?.streams[id] != nil else { continue }
                 metrics.streamsExpired.increment()
                 unsubscribe(from: orderID, id: id)
+            case .feed(let id):
+                guard feed.streams[id] != nil else { continue }
+                metrics.streamsExpired.increment()
+                unsubscribeFeed(id: id)
             }
         }
     }

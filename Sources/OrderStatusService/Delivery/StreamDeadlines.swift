@@ -4,6 +4,8 @@ import Foundation
 enum StreamKey: Hashable, Sendable {
     /// A per-order stream, by its order and its subscriber id in the hub.
     case order(OrderID, subscriber: Int)
+    /// A feed stream, by its subscriber id.
+    case feed(subscriber: Int)
 }
 
 /// When each stream must end, for a timer that ticks for all of them: `removeExpired` costs

@@ -38,11 +38,12 @@ struct FeedController<Context: EventStreamRequestContext> {
         headers[.connection] = "close"
         return Response(
             status: .ok, headers: headers,
-            body: ResponseBody { [attachment = context.eventStreamAttachment, slot] writer in
+            body: ResponseBody { [attachment = context.eventStreamAttachment, deadline = context.streamDeadline, slot] writer in
                 try await attachment.serve(holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
                     try await writeReplay(start, orders: orders, to: &writer)
                 } subscribe: { [hub] live, sink in
-                    await hub.subscribeFeed(after: live.position, orders: orders, openOrders: live.openOrders, sink: sink).map { subscriber in
+                    await hub.subscribeFeed(after: live.position, orders: orders, openOrders: live.openOrders, sink: sink, until: deadline).map {
+                        subscriber in
                         HubSubscription { hub.feedStreamDeparted(id: subscriber) }
                     }
                 }
