@@ -5,6 +5,7 @@
 # then prints one table. Figures, not assertions: it fails only when delivery is not exact.
 #   scripts/bench.sh                     the fixed suite (about 10 minutes after the build)
 #   scripts/bench.sh idle fanout         some scenarios only
+#   scripts/bench.sh stalled-headers stalled-streams descriptors   stalled connections (not in the fixed suite)
 #   BENCH_SKIP_BUILD=1 scripts/bench.sh  use the binaries already in .build-release
 set -euo pipefail
 
@@ -76,7 +77,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 start_service() {
     local port; port="$(free_port)"
-    env "${SERVICE_ENV[@]}" PORT="$port" LOG_LEVEL=warning "$BIN" serve > "$WORK/service.log" 2>&1 &
+    # SERVICE_NOFILE, when set, is the service's descriptor limit (the descriptors scenario).
+    ( [[ -z "${SERVICE_NOFILE:-}" ]] || ulimit -n "$SERVICE_NOFILE"
+      exec env "${SERVICE_ENV[@]}" PORT="$port" LOG_LEVEL=warning "$BIN" serve ) > "$WORK/service.log" 2>&1 &
     SERVER_PID=$!
     URL="http://127.0.0.1:$port"
     for _ in $(seq 1 300); do
@@ -159,7 +162,17 @@ for scenario in "${SCENARIOS[@]}"; do
             SERVICE_ENV=()
             ;;
         longpoll) run_load longpoll --clients 500 --orders 100 --rate 100 --seconds 20 ;;
-        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll)"; exit 2 ;;
+        # Not in the fixed suite: what stalled connections hold (BENCHMARKS.md, "Stalled connections").
+        stalled-headers) run_load stalled --kind headers --connections 2000 ;;
+        stalled-streams) run_load stalled --kind streams --connections 2000 --orders 200 ;;
+        # Issue 12's exhaustion: more trickling clients than the service has descriptors. The read
+        # bound must free them (the backlog's in a second round) and /healthz must answer again.
+        descriptors)
+            SERVICE_NOFILE=300
+            run_load stalled --kind headers --connections 320 --close-within 60
+            SERVICE_NOFILE=""
+            ;;
+        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll, stalled-headers, stalled-streams, descriptors)"; exit 2 ;;
     esac
 done
 

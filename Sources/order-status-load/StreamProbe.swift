@@ -141,12 +141,15 @@ struct StreamProbeConnector: Sendable {
     let port: Int
     let sourceAddresses: [String]
     let group: any EventLoopGroup
+    /// SO_RCVBUF of each connection, for a client whose kernel holds little of what it does not read.
+    var receiveBufferSize: Int?
 
-    init(host: String, port: Int, sourceAddressCount: Int, group: any EventLoopGroup) {
+    init(host: String, port: Int, sourceAddressCount: Int, group: any EventLoopGroup, receiveBufferSize: Int? = nil) {
         self.host = host
         self.port = port
         self.sourceAddresses = sourceAddressCount <= 0 ? [] : (2..<(2 + sourceAddressCount)).map { "127.0.0.\($0)" }
         self.group = group
+        self.receiveBufferSize = receiveBufferSize
     }
 
     /// Opens an HTTP/1.1 connection whose responses go to the handler `makeHandler` builds on the
@@ -157,18 +160,25 @@ struct StreamProbeConnector: Sendable {
     where Handler.InboundIn == HTTPClientResponsePart {
         let eventLoop = group.next()
         let handler = makeHandler(eventLoop)
-        var bootstrap = ClientBootstrap(group: eventLoop)
+        let channel = try await connectBare(index: index, on: eventLoop) { channel in
+            try channel.pipeline.syncOperations.addHTTPClientHandlers()
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }
+        return (channel, handler)
+    }
+
+    /// Opens a TCP connection with the handlers `initialize` adds, for a client that writes its own bytes.
+    func connectBare(
+        index: Int, on eventLoop: (any EventLoop)? = nil, _ initialize: @escaping @Sendable (any Channel) throws -> Void = { _ in }
+    ) async throws -> any Channel {
+        var bootstrap = ClientBootstrap(group: eventLoop ?? group.next())
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try initialize(channel) } }
+        if let receiveBufferSize { bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: .init(receiveBufferSize)) }
         if !sourceAddresses.isEmpty {
             bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddresses[index % sourceAddresses.count], port: 0))
         }
-        return (try await bootstrap.connect(host: host, port: port).get(), handler)
+        return try await bootstrap.connect(host: host, port: port).get()
     }
 
     /// Opens a stream of `orderID` and waits for its response head. `index` picks the source address.

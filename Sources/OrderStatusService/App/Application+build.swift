@@ -93,19 +93,18 @@ public func buildApplication(
         httpDecoderConfiguration: .init(
             maxHeaderFieldSize: RequestLimits.maximumHeaderFieldBytes, maxHeaderListSize: 32 * 1024, maxHeaderFieldCount: 100)
     )
-    let httpsBounds = HTTPSBounds(
-        tlsHandshakeTimeout: .nanoseconds(Int64(settings.tlsHandshakeTimeout / .nanoseconds(1))),
-        stallTimeout: .nanoseconds(Int64(settings.streamStallTimeout / .nanoseconds(1)))
-    )
+    let peerBounds = OrderStatusHTTP1Channel.PeerBounds(
+        requestReadTimeout: .init(settings.requestReadTimeout), writeStallTimeout: .init(settings.streamStallTimeout))
+    let httpsBounds = HTTPSBounds(tlsHandshakeTimeout: .init(settings.tlsHandshakeTimeout), peer: peerBounds)
     let serverName = "order-status"
     var app = Application(
         router: router,
         // With a certificate and key, HTTPS with HTTP/2 so a browser multiplexes its streams.
-        server: settings.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1, bounds: httpsBounds) }
+        server: settings.tls.map { HTTPServerBuilder.orderStatusHTTP2(tls: $0, http1: http1, bounds: httpsBounds, serverName: serverName) }
             ?? .orderStatusHTTP1(
                 configuration: http1,
                 eventStreams: EventStreamResponder(router: router.buildResponder(), serverName: serverName),
-                bounds: .init(requestReadTimeout: .init(settings.requestReadTimeout), writeStallTimeout: .init(settings.streamStallTimeout))
+                bounds: peerBounds
             ),
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: serverName),
         onServerRunning: onServerRunning,

@@ -1,6 +1,7 @@
 import Hummingbird
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 
 /// An RFC 9457 problem: every error this service answers is one, as `application/problem+json`.
 public struct Problem: Error, Sendable {
@@ -71,6 +72,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             // fault, and the connection cannot carry another request.
             context.logger.debug("request framing refused", metadata: ["error": "\(error.debugDescription)"])
             return Problem(.badRequest, "The request is not well-formed HTTP: \(error.debugDescription).", headers: [.connection: "close"])
+        case let error as NIOHTTP2Errors.StreamClosed:
+            // An HTTP/2 stream reset before its request's body arrived (by the client, or by the
+            // read bound): the client's doing, like a body cut off on HTTP/1.
+            context.logger.debug("request stream closed", metadata: ["error": "\(error.errorCode)"])
+            return Problem(.badRequest, "The request's stream was closed before its body arrived.")
         case let error as JSONError:
             return Problem(.badRequest, "The request body is not valid JSON: \(error.description).")
         case is NIOTooManyBytesError:

@@ -30,37 +30,18 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
     let eventStreams: EventStreamResponder
     let bounds: PeerBounds
 
-    /// Mirrors `HTTP1Channel.setup(channel:logger:)` (hummingbird 2.28.1,
-    /// Sources/HummingbirdCore/Server/HTTP/HTTP1Channel.swift): the same handlers in the same
-    /// order, then the handoff where Hummingbird wraps the channel in a `NIOAsyncChannel`. Ours
-    /// around them: the two bounds on a slow peer, the problem answer to a request the parser
-    /// refuses (Hummingbird's loop would write a bare 400), and HTTP/1.0 framing.
+    /// Hummingbird's `HTTP1Channel.setup(channel:logger:)` with ours around its handlers
+    /// (`addOrderStatusHTTP1Handlers`), then the handoff where Hummingbird wraps the channel in a
+    /// `NIOAsyncChannel`.
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Connection> {
         channel.eventLoop.makeCompletedFuture {
             // Each connection keeps its last read buffer for the next read. A stream reads one
             // request and then nothing, so NIO's 2 KiB first buffer would be a fifth of what a held
             // stream costs; reads that fill a smaller one still grow it.
             try channel.syncOptions?.setOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
-            var limits = NIOHTTPDecoderLimitConfiguration()
-            limits.maxHeaderFieldSize = http1.configuration.httpDecoder.maxHeaderFieldSize
-            limits.maxHeaderListSize = http1.configuration.httpDecoder.maxHeaderListSize
-            limits.maxHeaderFieldCount = http1.configuration.httpDecoder.maxHeaderFieldCount
             let pipeline = channel.pipeline.syncOperations
-            try pipeline.configureHTTPServerPipeline(
-                withPipeliningAssistance: false,
-                withErrorHandling: false,
-                withOutboundHeaderValidation: false,
-                withEncoderConfiguration: .init(),
-                withDecoderLimitConfiguration: limits
-            )
-            let readDeadline = RequestReadDeadline(timeout: bounds.requestReadTimeout)
-            try pipeline.addHandlers([WriteStallWatchdog(timeout: bounds.writeStallTimeout), readDeadline.bytes], position: .first)
-            try pipeline.addHandler(ParserRefusalResponder(serverName: eventStreams.serverName))
-            try pipeline.addHandler(HTTP10ResponseFraming())
-            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-            try pipeline.addHandler(readDeadline.parts)
-            try pipeline.addHandlers(http1.configuration.additionalChannelHandlers())
-            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: http1.configuration.idleTimeout.map { .init($0) }, logger: logger))
+            try pipeline.addOrderStatusHTTP1Handlers(
+                configuration: http1.configuration, bounds: bounds, serverName: eventStreams.serverName, logger: logger)
             let firstRequest = channel.eventLoop.makePromise(of: EventStreamHandoff.FirstRequest.self)
             let handoff = EventStreamHandoff(firstRequest: firstRequest)
             try pipeline.addHandler(handoff)
@@ -92,6 +73,38 @@ struct OrderStatusHTTP1Channel: ServerChildChannel {
         case .closed, nil:
             channel.close(promise: nil)
         }
+    }
+}
+
+extension ChannelPipeline.SynchronousOperations {
+    /// The HTTP/1 pipeline of both ports (plain, and HTTPS's HTTP/1.1 fallback after TLS). It
+    /// mirrors `HTTP1Channel.setup(channel:logger:)` (hummingbird 2.28.1,
+    /// Sources/HummingbirdCore/Server/HTTP/HTTP1Channel.swift): the same handlers in the same
+    /// order, appended. Ours around them: the two bounds on a slow peer, the problem answer to a
+    /// request the parser refuses (Hummingbird's loop would write a bare 400), and HTTP/1.0 framing.
+    func addOrderStatusHTTP1Handlers(
+        configuration: HTTP1Channel.Configuration, bounds: OrderStatusHTTP1Channel.PeerBounds, serverName: String?, logger: Logger
+    ) throws {
+        let readDeadline = RequestReadDeadline(timeout: bounds.requestReadTimeout)
+        // Next to the socket (or to TLS), to see every write complete and a request's first byte.
+        try addHandlers([WriteStallWatchdog(timeout: bounds.writeStallTimeout), readDeadline.bytes])
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = configuration.httpDecoder.maxHeaderFieldSize
+        limits.maxHeaderListSize = configuration.httpDecoder.maxHeaderListSize
+        limits.maxHeaderFieldCount = configuration.httpDecoder.maxHeaderFieldCount
+        try configureHTTPServerPipeline(
+            withPipeliningAssistance: false,
+            withErrorHandling: false,
+            withOutboundHeaderValidation: false,
+            withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: limits
+        )
+        try addHandler(ParserRefusalResponder(serverName: serverName))
+        try addHandler(HTTP10ResponseFraming())
+        try addHandler(HTTP1ToHTTPServerCodec(secure: false))
+        try addHandler(readDeadline.makeParts())
+        try addHandlers(configuration.additionalChannelHandlers())
+        try addHandler(HTTPConnectionStateHandler(idleTimeout: configuration.idleTimeout.map { .init($0) }, logger: logger))
     }
 }
 

@@ -12,9 +12,10 @@ import NIOTLS
 struct HTTPSBounds: Sendable {
     /// A connection that has not finished its TLS handshake by then is closed (a silent TCP peer).
     var tlsHandshakeTimeout: TimeAmount
-    /// A stream, or a fallback HTTP/1.1 connection, whose writes make no progress this long is
-    /// closed: a client that grants no flow-control window or stops reading.
-    var stallTimeout: TimeAmount
+    /// HTTP/1's bounds, on the HTTP/1.1 fallback and on each HTTP/2 stream: a request not received
+    /// whole in time, and writes that make no progress (a client that grants no flow-control window
+    /// or stops reading).
+    var peer: OrderStatusHTTP1Channel.PeerBounds
     /// SETTINGS_MAX_CONCURRENT_STREAMS, NIO's default.
     var maximumConcurrentStreams = 100
 }
@@ -23,16 +24,22 @@ extension HTTPServerBuilder {
     /// HTTPS: HTTP/2 when the client offers `h2` in ALPN, else HTTP/1.1. Over HTTP/2 a browser
     /// holds all its order streams on one connection instead of stopping at six per host.
     /// Streams are attached by their request's task on either protocol (`EventStreamAttachment.requestTask`).
-    static func orderStatusHTTP2(tls: TLSConfiguration, http1: HTTP1Channel.Configuration, bounds: HTTPSBounds) -> HTTPServerBuilder {
-        .init { responder in try OrderStatusHTTPSChannel(tls: tls, http1: http1, bounds: bounds, responder: responder) }
+    static func orderStatusHTTP2(
+        tls: TLSConfiguration, http1: HTTP1Channel.Configuration, bounds: HTTPSBounds, serverName: String?
+    ) -> HTTPServerBuilder {
+        .init { responder in
+            try OrderStatusHTTPSChannel(tls: tls, http1: http1, bounds: bounds, serverName: serverName, responder: responder)
+        }
     }
 }
 
 /// Hummingbird's `HTTP2UpgradeChannel` (hummingbird 2.28.1, Sources/HummingbirdHTTP2/HTTP2UpgradeChannel.swift
 /// and HTTP2Channel.swift) with what it does not let us configure: a TLS handshake deadline, the
-/// HTTP/2 settings (header list size as HTTP/1's), HTTP/1's header limits on every stream, and a
-/// watchdog on writes that make no progress. The connection's lifecycle (idle timeout, graceful
-/// shutdown on `ChannelShouldQuiesceEvent`) is NIO's `NIOHTTP2ServerConnectionManagementHandler`.
+/// HTTP/2 settings (header list size as HTTP/1's), HTTP/1's header limits on every stream, and
+/// HTTP/1's bounds on a slow peer (`HTTPSBounds.peer`) on every stream and on the HTTP/1.1
+/// fallback, whose pipeline is the plain port's (`addOrderStatusHTTP1Handlers`). The connection's
+/// lifecycle (idle timeout, graceful shutdown on `ChannelShouldQuiesceEvent`) is NIO's
+/// `NIOHTTP2ServerConnectionManagementHandler`.
 struct OrderStatusHTTPSChannel: HTTPChannelHandler {
     typealias StreamChannel = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
     typealias Negotiated = NIONegotiatedHTTPVersion<HTTP1Channel.Value, NIOHTTP2Handler.AsyncStreamMultiplexer<StreamChannel>>
@@ -47,14 +54,17 @@ struct OrderStatusHTTPSChannel: HTTPChannelHandler {
     private let http1: HTTP1Channel
     private let streams: HTTP1Channel.Configuration
     private let bounds: HTTPSBounds
+    private let serverName: String?
 
-    init(tls: TLSConfiguration, http1 configuration: HTTP1Channel.Configuration, bounds: HTTPSBounds, responder: @escaping Responder) throws {
+    init(
+        tls: TLSConfiguration, http1 configuration: HTTP1Channel.Configuration, bounds: HTTPSBounds, serverName: String?,
+        responder: @escaping Responder
+    ) throws {
         var tls = tls
         tls.applicationProtocols = NIOHTTP2SupportedALPNProtocols
         sslContext = try NIOSSLContext(configuration: tls)
-        var fallback = configuration
-        fallback.additionalChannelHandlers = { configuration.additionalChannelHandlers() + [WriteStallWatchdog(timeout: bounds.stallTimeout)] }
-        http1 = HTTP1Channel(responder: responder, configuration: fallback)
+        http1 = HTTP1Channel(responder: responder, configuration: configuration)
+        self.serverName = serverName
         var streams = configuration
         streams.additionalChannelHandlers = {
             configuration.additionalChannelHandlers() + [HTTP2ConnectionHeaderFilter(), HeaderLimits(configuration.httpDecoder)]
@@ -72,7 +82,7 @@ struct OrderStatusHTTPSChannel: HTTPChannelHandler {
             return channel.eventLoop.makeFailedFuture(error)
         }
         return channel.configureHTTP2AsyncSecureUpgrade { channel in
-            http1.setup(channel: channel, logger: logger)
+            channel.eventLoop.makeCompletedFuture { try setUpHTTP1(on: channel, logger: logger) }
         } http2ConnectionInitializer: { channel in
             channel.eventLoop.makeCompletedFuture { try setUpHTTP2(on: channel, logger: logger) }
         }
@@ -94,6 +104,13 @@ struct OrderStatusHTTPSChannel: HTTPChannelHandler {
         } catch {
             logger.debug("HTTPS connection ended: \(error)")
         }
+    }
+
+    /// Hummingbird's `HTTP1Channel.setup` with the plain port's handlers, appended after TLS.
+    private func setUpHTTP1(on channel: any Channel, logger: Logger) throws -> HTTP1Channel.Value {
+        try channel.pipeline.syncOperations.addOrderStatusHTTP1Handlers(
+            configuration: http1.configuration, bounds: bounds.peer, serverName: serverName, logger: logger)
+        return try HTTP1Channel.Value(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
     }
 
     private func setUpHTTP2(on channel: any Channel, logger: Logger) throws -> NIOHTTP2Handler.AsyncStreamMultiplexer<StreamChannel> {
@@ -121,12 +138,15 @@ struct OrderStatusHTTPSChannel: HTTPChannelHandler {
     }
 
     /// Hummingbird's `HTTP2StreamChannel.setup`, with the watchdog first so that it sees each
-    /// frame's write complete only once the frame has left NIO's flow-control buffer.
+    /// frame's write complete only once the frame has left NIO's flow-control buffer, and the read
+    /// deadline after `HeaderLimits` (a refused head starts no clock) and `HTTP2ConnectionHeaderFilter`
+    /// (which drops the `Connection: close` it writes).
     private func setUpStream(_ stream: any Channel, logger: Logger) throws -> StreamChannel {
         let pipeline = stream.pipeline.syncOperations
-        try pipeline.addHandler(WriteStallWatchdog(timeout: bounds.stallTimeout))
+        try pipeline.addHandler(WriteStallWatchdog(timeout: bounds.peer.writeStallTimeout))
         try pipeline.addHandler(HTTP2FramePayloadToHTTPServerCodec())
         try pipeline.addHandlers(streams.additionalChannelHandlers())
+        try pipeline.addHandler(RequestReadDeadline(timeout: bounds.peer.requestReadTimeout).makeParts())
         try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: streams.idleTimeout.map { .nanoseconds($0.nanoseconds) }, logger: logger))
         return try StreamChannel(wrappingChannelSynchronously: stream)
     }

@@ -44,13 +44,19 @@ struct RawHTTP2Connection: Sendable {
 
     /// Opens a stream for GET `path` with the extra header fields, and records what comes back.
     func get(_ path: String, fields: [(String, String)] = []) async throws -> RawHTTP2Stream {
+        try await open("GET", path, fields: fields, endStream: true)
+    }
+
+    /// Opens a stream with a request head; without `endStream` the request's body is still to
+    /// come, and this client never sends it.
+    func open(_ method: String, _ path: String, fields: [(String, String)] = [], endStream: Bool) async throws -> RawHTTP2Stream {
         let recorder = RawHTTP2Stream.Recorder()
         let stream = try await multiplexer.createStreamChannel { channel in
             channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(recorder) }
         }.get()
-        var headers = HPACKHeaders([(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path)])
+        var headers = HPACKHeaders([(":method", method), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path)])
         headers.add(contentsOf: fields)
-        try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: true))).get()
+        try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: endStream))).get()
         return RawHTTP2Stream(channel: stream, recorder: recorder)
     }
 
