@@ -54,7 +54,7 @@ struct FeedAuthorizationTests {
             let creation = try await FeedConnection.open(service, orders: [id], cursor: "0", headers: tokens.bearer(reader))
             _ = try await creation.events(1)
             creation.close()
-            let lasting = try await FeedConnection.open(service, headers: tokens.bearer(reader))
+            let lasting = try await FeedConnection.open(service, orders: [id], headers: tokens.bearer(reader))
             let named = try await FeedConnection.open(service, orders: [id], headers: tokens.bearer(expiring))
             _ = try await lasting.untilCaughtUp()
             _ = try await named.untilCaughtUp()
@@ -63,7 +63,7 @@ struct FeedAuthorizationTests {
             let again = try await service.get("/events/order-status?order=\(id)", headers: tokens.bearer(expiring))
             try tokens.expectProblem(again, 401, "reconnect with the expired token")
             #expect(try await service.metric("order_status_streams_expired_total") == 1)
-            // The feed with a lasting token goes on.
+            // A feed of the same order with a lasting token goes on.
             try await service.post("/orders/\(id)/status", #"{"status":"paid"}"#, headers: tokens.bearer(writer))
             #expect(try await FeedTests.firstEvent(of: id, on: lasting).status == "paid")
             lasting.close()

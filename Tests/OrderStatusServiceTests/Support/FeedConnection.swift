@@ -118,14 +118,16 @@ struct FeedRecord: Sendable, Equatable {
     let status: String
     let data: String
 
+    /// Read from the Event JSON's first three members, which the service always writes first and
+    /// in this order: the metadata that follows may hold numbers Foundation cannot parse (1e1000).
     init(cursor: String, data: String) throws {
-        guard let object = try JSONSerialization.jsonObject(with: Data(data.utf8)) as? [String: Any], let id = object["id"] as? Int,
-            let orderID = object["orderId"] as? String, let status = object["status"] as? String
-        else { throw TestFailure("not an Event JSON: \(data)") }
+        guard let match = data.firstMatch(of: /^\{"id":([0-9]+),"orderId":"([^"]+)","status":"([a-z]+)",/), let id = Int64(match.1) else {
+            throw TestFailure("not an Event JSON: \(data)")
+        }
         self.cursor = cursor
-        self.id = Int64(id)
-        self.orderID = orderID
-        self.status = status
+        self.id = id
+        self.orderID = String(match.2)
+        self.status = String(match.3)
         self.data = data
     }
 }
