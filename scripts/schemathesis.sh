@@ -94,10 +94,10 @@ until curl -fsS -o /dev/null --max-time 2 "$BASE_URL/readyz" 2>/dev/null; do
 done
 echo "schemathesis.sh: order-status ready at $BASE_URL (schemathesis $ST_VERSION)"
 
-# Hooks. The long poll holds a request up to `timeout` seconds (default 25) when nothing is
-# newer than `after`. Clamp every well-formed timeout to at most 1 s (and give one when `after` is
-# present) so no request outlives --request-timeout; malformed values are sent untouched
-# so the 400 path is still exercised.
+# Hooks. The long polls (per order and of the feed) hold a request up to `timeout` seconds
+# (default 25) when nothing is newer than `after`. Clamp every well-formed timeout to at most 1 s
+# (and give one when `after` is present) so no request outlives --request-timeout; malformed
+# values are sent untouched so the 400 path is still exercised.
 cat >"$WORK/hooks.py" <<'PY'
 import re
 import sys
@@ -105,11 +105,12 @@ import sys
 import schemathesis
 
 MAX_HOLD = 1
+LONG_POLLS = ("/orders/{id}/status/poll", "/poll/order-status")
 
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    if context.operation is None or context.operation.path != "/orders/{id}/status/poll":
+    if context.operation is None or context.operation.path not in LONG_POLLS:
         return
     query = case.query if isinstance(case.query, dict) else None
     if query is None:
@@ -149,6 +150,8 @@ PY
 #   runs are reproducible and the checkout stays clean.
 # - A schema-valid status change may still meet a stale If-Match (412) or a transition the
 #   order's current status forbids (409): both are answers to state, not rejected input.
+# - A feed poll's schema-valid `after` is well-formed, but only `0` and cursors the service
+#   handed out are cursors; any other is 400 (the schema cannot list what was issued).
 cat >"$WORK/schemathesis.toml" <<'TOML'
 [cache]
 enabled = false
@@ -156,9 +159,14 @@ enabled = false
 [[operations]]
 include-operation-id = "changeOrderStatus"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "pollOrderStatusFeed"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 TOML
 
-# - SSE stream excluded: a 200 is an open stream that only ends on a terminal event.
+# - SSE streams excluded (per order and the feed): a 200 is an open stream that only ends on a
+#   terminal event, and the feed of every order never ends.
 # - 10 s per request; the hook above keeps long polls far below it.
 # - --max-examples bounds fuzzing/stateful; examples and coverage phases are finite anyway.
 # - No NUL in generated strings: the contract refuses NUL in metadata (422), which the
@@ -172,6 +180,7 @@ SCHEMATHESIS_HOOKS="$WORK/hooks.py" HYPOTHESIS_STORAGE_DIRECTORY="$WORK/hypothes
     --url "$BASE_URL" \
     --checks all \
     --exclude-operation-id streamOrderStatus \
+    --exclude-operation-id streamOrderStatusFeed \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
     --generation-database none \
