@@ -159,15 +159,165 @@ struct WatchCommandTests {
             }
         }
     }
+    // MARK: Feeds: several orders on one stream, or every order
+
+    @Test func followsSeveralOrdersOnOneFeedStreamUntilAllAreTerminal() async throws {
+        try await TestService.with { service in
+            try await ChildProcesses.with { children in
+                let (a, b) = (uniqueOrderID("WFa"), uniqueOrderID("WFb"))
+                try await service.createOrder(a)
+                try await service.changeStatus(a, to: "paid", metadata: #"{"paymentRef":"p-1"}"#)
+                try await service.createOrder(b, metadata: #"{"customer":"c-9"}"#)
+                // A listed twice counts once, as on the service.
+                let watch = try await WatchProcess(on: children, [a, b, a, "--url", service.baseURL])
+                // Without a cursor: the latest event of each order, in feed order, then caught-up.
+                try await watch.waitForEvents(2)
+                try await watch.waitFor("caught-up") { _ in watch.caughtUpCursors.count == 1 }
+                #expect(watch.events.map(\.order) == [a, b])
+                #expect(watch.events.map(\.status) == ["paid", "pending"])
+                #expect(watch.events.map(\.version) == ["v2", "v1"])
+                #expect(watch.events.map(\.metadata) == [#"{"paymentRef":"p-1"}"#, #"{"customer":"c-9"}"#])
+                // Both orders on one feed connection, not a stream each.
+                try await eventually("one open feed") { try await service.metric("order_status_open_feeds") == 1 }
+                let json = try await WatchProcess(on: children, [a, b, "--url", service.baseURL, "--json"])
+                try await json.waitFor("caught-up") { _ in json.caughtUpCursors.count == 1 }
+
+                // Live, each change only once the previous line showed; A's terminal event ends nothing.
+                for (index, (order, status)) in [(b, "paid"), (a, "delivered"), (b, "shipped")].enumerated() {
+                    #expect(try await service.changeStatus(order, to: status).status == 200)
+                    try await watch.waitForEvents(index + 3)
+                }
+                #expect(watch.child.isRunning, "B is not terminal yet:\n\(watch.output)")
+                #expect(try await service.changeStatus(b, to: "failed").status == 200)
+                #expect(try await watch.waitForExit() == 0, "\(watch.output)")
+                #expect(try await json.waitForExit() == 0, "\(json.output)")
+
+                let (idsA, idsB) = (try await service.eventIDs(of: a), try await service.eventIDs(of: b))
+                #expect(watch.events.map(\.order) == [a, b, b, a, b, b])
+                #expect(watch.events.map(\.id) == [idsA[1], idsB[0], idsB[1], idsA[2], idsB[2], idsB[3]])
+                #expect(watch.events.map(\.status) == ["paid", "pending", "paid", "delivered", "shipped", "failed"])
+                #expect(watch.finalCursor != nil, "the end names the last cursor:\n\(watch.output)")
+                #expect(!watch.output.contains("reconnecting"), "one connection throughout:\n\(watch.output)")
+                // --json prints each event's data exactly as the service encodes it.
+                let encoded = try await service.eventJSON(of: a).merging(try await service.eventJSON(of: b)) { $1 }
+                let printed = json.output.split(separator: "\n").filter { $0.hasPrefix("{") }.map(String.init)
+                #expect(printed == watch.events.map { encoded[$0.id]! }, "\(json.output)")
+            }
+        }
+    }
+
+    @Test func aCursorResumesWithExactlyTheRestAndPastTheEndIs204() async throws {
+        try await TestService.with { service in
+            try await ChildProcesses.with { children in
+                let (a, b) = (uniqueOrderID("WCa"), uniqueOrderID("WCb"))
+                try await service.createOrder(a)
+                try await service.createOrder(b)
+                let first = try await WatchProcess(on: children, [a, b, "--url", service.baseURL])
+                try await first.waitFor("caught-up") { _ in first.caughtUpCursors.count == 1 }
+                let live = first.caughtUpCursors[0]
+                for (index, (order, status)) in [(a, "paid"), (b, "paid"), (a, "delivered"), (b, "cancelled")].enumerated() {
+                    try await service.changeStatus(order, to: status)
+                    try await first.waitForEvents(index + 3)
+                }
+                #expect(try await first.waitForExit() == 0, "\(first.output)")
+                let end = try #require(first.finalCursor, "\(first.output)")
+
+                // From the caught-up cursor: the four live events again, in the same order, and no other.
+                let resumed = try await WatchProcess(on: children, [a, b, "--url", service.baseURL, "--cursor", live])
+                #expect(try await resumed.waitForExit() == 0, "\(resumed.output)")
+                #expect(resumed.events.map(\.id) == Array(first.events.map(\.id).dropFirst(2)), "\(resumed.output)")
+                #expect(resumed.events.map(\.order) == [a, b, a, b])
+
+                // Cursor 0: every event of both orders, each order's ascending.
+                let everything = try await WatchProcess(on: children, [a, b, "--url", service.baseURL, "--cursor", "0"])
+                #expect(try await everything.waitForExit() == 0, "\(everything.output)")
+                #expect(everything.events.filter { $0.order == a }.map(\.id) == (try await service.eventIDs(of: a)))
+                #expect(everything.events.filter { $0.order == b }.map(\.id) == (try await service.eventIDs(of: b)))
+                #expect(everything.events.count == 6)
+
+                // At the end: the service answers 204, so nothing prints and the command is done at once.
+                let after = try await WatchProcess(on: children, [a, b, "--url", service.baseURL, "--cursor", end])
+                #expect(try await after.waitForExit() == 0, "\(after.output)")
+                #expect(after.events.isEmpty)
+                #expect(after.output.contains("nothing more to follow"), "\(after.output)")
+            }
+        }
+    }
+
+    @Test func watchAllFollowsEveryOrderAndResumesAcrossARestartWithNothingMissedOrRepeated() async throws {
+        let port = try unusedPortOutsideTheEphemeralRange()
+        let settings = ["SSE_RETRY_MS": "200", "SSE_RETRY_JITTER_PERCENT": "0", "SHUTDOWN_SPREAD_SECONDS": "0", "PORT": "\(port)"]
+        try await withDeadline(.seconds(120), "following the feed across a restart") {
+            try await TestService.with { other in
+                try await ChildProcesses.with { children in
+                    let (x, y) = (uniqueOrderID("WAx"), uniqueOrderID("WAy"))
+                    // From before the command starts: without a cursor, the feed of every order sends nothing past.
+                    try await other.createOrder(x)
+                    let watch = try await TestService.with(settings: settings) { first in
+                        let watch = try await WatchProcess(on: children, ["--all", "--url", first.baseURL])
+                        try await watch.waitFor("caught-up") { _ in watch.caughtUpCursors.count == 1 }
+                        try await first.changeStatus(x, to: "paid")
+                        // Other tests' orders may share the feed: only this test's are counted.
+                        try await watch.waitFor("x paid") { _ in watch.events.contains { $0.order == x } }
+                        return watch
+                    }
+                    try await watch.waitFor("the note on the drop") { $0.contains("connection lost") && $0.contains("(after cursor ") }
+                    // Committed while no instance serves the command's URL: they must come from the replay.
+                    try await other.changeStatus(x, to: "shipped")
+                    try await other.createOrder(y)
+                    try await TestService.with(settings: settings) { second in
+                        try await watch.waitFor("the replay") { _ in watch.events.contains { $0.order == y } }
+                        try await second.changeStatus(y, to: "delivered")
+                        try await second.changeStatus(x, to: "delivered")
+                        try await watch.waitFor("both terminal") { _ in watch.events.filter { [x, y].contains($0.order) }.count == 5 }
+                    }
+                    let ids = (x: try await other.eventIDs(of: x), y: try await other.eventIDs(of: y))
+                    let mine = watch.events.filter { [x, y].contains($0.order) }
+                    #expect(mine.filter { $0.order == x }.map(\.id) == Array(ids.x.dropFirst()), "every event once, in order:\n\(watch.output)")
+                    #expect(mine.filter { $0.order == y }.map(\.id) == ids.y, "\(watch.output)")
+                    #expect(mine.map(\.status) == ["paid", "shipped", "pending", "delivered", "delivered"], "\(watch.output)")
+                    // The feed of every order never ends: the command is still following it.
+                    #expect(watch.child.isRunning, "\(watch.output)")
+                    #expect(watch.caughtUpCursors.count >= 2, "caught-up on each connection:\n\(watch.output)")
+                }
+            }
+        }
+    }
+
+    @Test func feedRefusalsAndMisuseExitNonZero() async throws {
+        try await TestService.with { service in
+            try await ChildProcesses.with { children in
+                let (known, unknown) = (uniqueOrderID("WEk"), uniqueOrderID("WEu"))
+                try await service.createOrder(known)
+                let missing = try await WatchProcess(on: children, [known, unknown, "--url", service.baseURL])
+                #expect(try await missing.waitForExit() == 1, "\(missing.output)")
+                #expect(missing.output.hasPrefix("Error: 404 Not Found: "), "\(missing.output)")
+                #expect(missing.events.isEmpty)
+
+                // Well-formed, but not a cursor the service handed out.
+                let notIssued = try await WatchProcess(on: children, ["--all", "--url", service.baseURL, "--cursor", "zz-not-issued"])
+                #expect(try await notIssued.waitForExit() == 1, "\(notIssued.output)")
+                #expect(notIssued.output.hasPrefix("Error: 400 Bad Request: "), "\(notIssued.output)")
+
+                // Refused before any request: the command's own checks (ArgumentParser's usage exit, 64).
+                // 101 distinct ids: over the feed's limit of 100.
+                let many = (0...100).map { "O\($0)" }
+                for arguments in [many, [known, "--all"], [known, "x y"], ["--all", "--cursor", "a/b"], [known, "--cursor", "0"], [known, known + "2", "--last-event-id", "1"], []] {
+                    let refused = try await WatchProcess(on: children, arguments + ["--url", service.baseURL])
+                    #expect(try await refused.waitForExit() == 64, "\(arguments.suffix(3)): \(refused.output)")
+                }
+            }
+        }
+    }
 }
 
 /// `order-status watch` running as a child process; standard output and error share its log file.
 struct WatchProcess: Sendable {
     let child: ChildProcess
 
-    /// One printed event line, split into its columns.
+    /// One printed event line, split into its columns; `order` only on a feed's lines.
     struct Line: Sendable {
-        var id: Int64, version: String, previous: String, status: String, metadata: String
+        var order: String?, id: Int64, version: String, previous: String, status: String, metadata: String
     }
 
     init(on children: ChildProcesses, _ arguments: [String], environment: [String: String] = [:]) async throws {
@@ -179,14 +329,31 @@ struct WatchProcess: Sendable {
 
     var output: String { child.output }
 
-    /// The event lines: `<time>  #<id>  v<version>  <previous> → <status>  <metadata>`.
+    /// The event lines: `<time>  #<id>  v<version>  <previous> → <status>  <metadata>`, on a feed
+    /// `<time>  <order>  #<id>  …` (an order id never starts with `#`).
     var events: [Line] {
         output.split(separator: "\n").compactMap { line in
-            let columns = line.split(separator: " ")
+            var columns = line.split(separator: " ")
+            var order: String?
+            if columns.count >= 2, !columns[1].hasPrefix("#") { order = String(columns.remove(at: 1)) }
             guard columns.count >= 6, columns[4] == "→", columns[1].hasPrefix("#"), let id = Int64(columns[1].dropFirst()) else { return nil }
             return Line(
-                id: id, version: String(columns[2]), previous: String(columns[3]), status: String(columns[5]),
+                order: order, id: id, version: String(columns[2]), previous: String(columns[3]), status: String(columns[5]),
                 metadata: columns.dropFirst(6).joined(separator: " "))
+        }
+    }
+
+    /// The cursors the command reported at `caught-up`, in order.
+    var caughtUpCursors: [String] { cursors(after: "caught up at cursor ", until: ":") }
+
+    /// The cursor reported when a filtered feed ended, every listed order being terminal.
+    var finalCursor: String? { cursors(after: "every listed order is terminal; the last cursor is ", until: nil).last }
+
+    private func cursors(after prefix: String, until end: Character?) -> [String] {
+        output.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix(prefix) else { return nil }
+            let rest = line.dropFirst(prefix.count)
+            return String(end.flatMap { rest.firstIndex(of: $0) }.map { rest[..<$0] } ?? rest)
         }
     }
 
