@@ -8,8 +8,13 @@ Checks, in order:
      change made meanwhile (through a second instance) shows once, with no duplicate;
   4. a terminal status shows its banner, the EventSource is closed and never reconnects;
   5. an unknown order id says so;
-  6. with EventSource deleted before the page's script runs, the long poll carries the changes;
-  7. the console shows no script error and no Content-Security-Policy refusal.
+  6. several ids typed at once follow those orders on one feed EventSource, one row each: both
+     rows update within 1 s of their POSTs; the service going away and coming back resumes from
+     the feed cursor (changes made meanwhile show, in order, and nothing is delivered twice); when
+     both are terminal the EventSource is closed and never reconnects;
+  7. with EventSource deleted before the page's script runs, the long poll carries the changes,
+     for one order and for several on the feed's poll;
+  8. the console shows no script error and no Content-Security-Policy refusal.
 Screenshots go to .ci-artifacts/."""
 
 import json
@@ -82,6 +87,14 @@ def page_state(driver):
           eventIds: [...document.querySelectorAll("#timeline [data-event-id]")].map((item) => Number(item.dataset.eventId)),
           eventSourceReadyState: window.orderStatusPage ? window.orderStatusPage.eventSourceReadyState : null,
           transport: window.orderStatusPage ? window.orderStatusPage.transport : null,
+          ordersShown: !document.getElementById("orders").hidden,
+          rows: Object.fromEntries([...document.querySelectorAll("#order-rows tr")].map((row) => [row.dataset.orderId, {
+            status: row.dataset.status || null,
+            eventIds: row.dataset.eventIds ? row.dataset.eventIds.split(" ").map(Number) : [],
+            receivedAt: Number(row.dataset.receivedAt || 0),
+          }])),
+          caughtUp: window.orderStatusPage ? window.orderStatusPage.caughtUp : false,
+          duplicates: window.orderStatusPage ? window.orderStatusPage.duplicates : 0,
         };
     """)
 
@@ -112,6 +125,22 @@ def change_and_time(driver, base_url, order_id, status, metadata=None):
     check(rendered < SHOW_LIMIT_SECONDS and seen < SHOW_LIMIT_SECONDS,
           f"{status} showed {rendered * 1000:.0f} ms after its POST (test saw it at {seen * 1000:.0f} ms); the limit is {SHOW_LIMIT_SECONDS:g} s")
     return rendered, seen
+
+
+def change_row_and_time(driver, base_url, order_id, status, metadata=None):
+    """POSTs a change to one of the followed orders; returns seconds until its row rendered it."""
+    sent = time.time()
+    answer = post_json(base_url, f"/orders/{order_id}/status", {"status": status, "metadata": metadata}, 200)
+    event_id = answer["event"]["id"]
+    state = wait_for_page(driver, f"the row of {order_id} to show {status}",
+                          lambda s: order_id in s["rows"] and event_id in s["rows"][order_id]["eventIds"], timeout=10)
+    seen = time.time() - sent
+    rendered = state["rows"][order_id]["receivedAt"] / 1000 - sent
+    check(rendered < SHOW_LIMIT_SECONDS and seen < SHOW_LIMIT_SECONDS,
+          f"{order_id} {status} showed {rendered * 1000:.0f} ms after its POST (test saw it at {seen * 1000:.0f} ms); "
+          f"the limit is {SHOW_LIMIT_SECONDS:g} s")
+    check(state["rows"][order_id]["status"] == status, f"the row of {order_id} shows {state['rows'][order_id]['status']}")
+    return rendered
 
 
 def check_console_clean(driver, scenario):
@@ -186,12 +215,75 @@ def test_event_source(driver, service, spare, timings):
     check_console_clean(driver, "EventSource")
 
 
+def test_feed(driver, service, spare, timings):
+    """Two orders typed at once: one feed EventSource carries both rows."""
+    network = NetworkLog(driver)
+    first, second = f"dash-a-{uuid.uuid4().hex[:8]}", f"dash:b-{uuid.uuid4().hex[:8]}"
+    post_json(service.base_url, "/orders", {"id": first, "metadata": {"customer": "c-1"}}, 201)
+    post_json(service.base_url, "/orders", {"id": second}, 201)
+    post_json(service.base_url, f"/orders/{second}/status", {"status": "paid"}, 200)
+    watch(driver, service.base_url, f"{first} {second}")
+    state = wait_for_page(driver, "both rows, live", lambda s: s["connection"] == "live" and s["caughtUp"]
+                          and s["rows"].get(first, {}).get("status") == "pending" and s["rows"].get(second, {}).get("status") == "paid")
+    check(state["ordersShown"] and list(state["rows"]) == [first, second], f"the rows are {list(state['rows'])}")
+    check(state["transport"] == "eventsource", f"the page uses {state['transport']}, not EventSource")
+    check(network.count("/events/order-status?") == 1, "one feed EventSource for both orders")
+    check(network.count("/events/order-status/") == 0, "a per-order stream was opened")
+    check("order=" + urllib.parse.quote(second, safe="") in driver.current_url, f"the address {driver.current_url} does not name both")
+    log(f"page follows {first} (pending) and {second} (paid) on one feed EventSource")
+
+    wait_until("the page's feed to be open", lambda: metric(service.base_url, "order_status_open_feeds") >= 1)
+    for order_id, status in ((first, "paid"), (second, "shipped")):
+        rendered = change_row_and_time(driver, service.base_url, order_id, status)
+        timings.append(rendered)
+        log(f"feed: POST -> row of {order_id} shows {status}: {rendered * 1000:.0f} ms")
+    screenshot(driver, "live-page-feed.png")
+
+    # Down and back: two changes of the first order commit meanwhile (through the other
+    # instance). Resuming from the cursor brings both, in order; without it, the feed would send
+    # only the latest of each order again, skipping one and repeating the second order's.
+    connections = network.count("/events/order-status?")
+    service.stop()
+    wait_for_page(driver, "the page to show reconnecting", lambda s: s["connection"] == "reconnecting")
+    post_json(spare.base_url, f"/orders/{first}/status", {"status": "processing"}, 200)
+    post_json(spare.base_url, f"/orders/{first}/status", {"status": "shipped"}, 200)
+    service.start()
+    state = wait_for_page(driver, "the page to resume and show shipped",
+                          lambda s: s["rows"][first]["status"] == "shipped" and s["connection"] == "live")
+    check(network.count("/events/order-status?") > connections, "the page did not reconnect")
+    check(state["rows"][first]["eventIds"] == event_ids(service.base_url, first),
+          f"after the reconnect the row of {first} applied {state['rows'][first]['eventIds']}, the order has {event_ids(service.base_url, first)}")
+    check(state["duplicates"] == 0, f"the resumed feed delivered {state['duplicates']} event(s) again")
+    log(f"service back: feed resumed from its cursor, {first} shows processing then shipped, nothing twice")
+
+    wait_until("the page's feed to be open again", lambda: metric(service.base_url, "order_status_open_feeds") >= 1)
+    timings.append(change_row_and_time(driver, service.base_url, first, "delivered"))
+    check(page_state(driver)["connection"] == "live", "one terminal order of two ended the watch")
+    timings.append(change_row_and_time(driver, service.base_url, second, "cancelled"))
+    state = wait_for_page(driver, "the feed to end", lambda s: s["connection"] == "ended")
+    check(state["eventSourceReadyState"] == 2, f"EventSource readyState is {state['eventSourceReadyState']}, not CLOSED (2)")
+    connections = network.count("/events/order-status?")
+    time.sleep(6 * RETRY_MILLISECONDS * 1.2 / 1000)
+    check(network.count("/events/order-status?") == connections, "the page reconnected after both orders were terminal")
+    log(f"feed: both terminal, EventSource closed, no reconnect in {6 * RETRY_MILLISECONDS * 1.2:.0f} ms")
+    screenshot(driver, "live-page-feed-final.png")
+    check_console_clean(driver, "feed")
+
+
 def test_unknown_order(driver, service):
     order_id = f"missing-{uuid.uuid4().hex[:8]}"
     watch(driver, service.base_url, order_id)
     state = wait_for_page(driver, "the not-found message", lambda s: "no order" in s["message"])
     check(state["connection"] == "failed", f"connection shows {state['connection']} for an unknown order")
     log(f"unknown order: {state['message']!r}")
+
+    # Among several: the feed's 404 closes its EventSource, and the page asks the poll why.
+    known = f"known-{uuid.uuid4().hex[:8]}"
+    post_json(service.base_url, "/orders", {"id": known}, 201)
+    watch(driver, service.base_url, f"{known} {order_id}")
+    state = wait_for_page(driver, "the not-found message for the feed", lambda s: s["message"] and s["connection"] == "failed")
+    check(not state["ordersShown"], "the orders' table is still shown")
+    log(f"unknown order among several: {state['message']!r}")
     check_console_clean(driver, "unknown order")
 
 
@@ -224,6 +316,24 @@ def test_long_poll_fallback(driver, service, timings):
     check(network.count(f"/orders/{order_id}/status/poll") == polls, "the page kept polling after the terminal event")
     log(f"long poll: terminal banner {state['bannerText']!r}, {polls} polls in all, polling stopped")
     screenshot(driver, "live-page-long-poll.png")
+
+    # Several orders without EventSource: the feed's long poll carries both rows.
+    first, second = f"poll-a-{uuid.uuid4().hex[:8]}", f"poll-b-{uuid.uuid4().hex[:8]}"
+    post_json(service.base_url, "/orders", {"id": first}, 201)
+    post_json(service.base_url, "/orders", {"id": second, "status": "shipped"}, 201)
+    watch(driver, service.base_url, f"{first} {second}")
+    wait_for_page(driver, "both rows over the feed's poll", lambda s: s["connection"] == "polling"
+                  and s["rows"].get(first, {}).get("status") == "pending" and s["rows"].get(second, {}).get("status") == "shipped")
+    # Whether a change meets a held poll or the next one, it must show within the same limit.
+    timings.append(change_row_and_time(driver, service.base_url, first, "cancelled"))
+    timings.append(change_row_and_time(driver, service.base_url, second, "delivered"))
+    wait_for_page(driver, "the feed over the poll to end", lambda s: s["connection"] == "ended")
+    polls = network.count("/poll/order-status?")
+    check(polls >= 2, f"{polls} feed polls")
+    check(network.count("/events/order-status") == 0, "the fallback page opened an event stream")
+    time.sleep(1.5)
+    check(network.count("/poll/order-status?") == polls, "the page kept polling the feed after both terminal events")
+    log(f"long poll of the feed: both rows updated, {polls} polls in all, polling stopped")
     check_console_clean(driver, "long poll")
 
 
@@ -240,6 +350,7 @@ def main():
         log(f"browser: {driver.capabilities.get('browserName')} {driver.capabilities.get('browserVersion')}")
         timings = []
         test_event_source(driver, service, spare, timings)
+        test_feed(driver, service, spare, timings)
         test_unknown_order(driver, service)
         test_long_poll_fallback(driver, service, timings)
         log(f"POST-to-page-shown: max {max(timings) * 1000:.0f} ms over {len(timings)} changes "
