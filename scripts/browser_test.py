@@ -259,7 +259,7 @@ def test_feed(driver, service, spare, timings):
     wait_until("the page's feed to be open again", lambda: metric(service.base_url, "order_status_open_feeds") >= 1)
     timings.append(change_row_and_time(driver, service.base_url, first, "delivered"))
     check(page_state(driver)["connection"] == "live", "one terminal order of two ended the watch")
-    timings.append(change_row_and_time(driver, service.base_url, second, "cancelled"))
+    timings.append(change_row_and_time(driver, service.base_url, second, "failed"))
     state = wait_for_page(driver, "the feed to end", lambda s: s["connection"] == "ended")
     check(state["eventSourceReadyState"] == 2, f"EventSource readyState is {state['eventSourceReadyState']}, not CLOSED (2)")
     connections = network.count("/events/order-status?")
