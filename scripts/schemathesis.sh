@@ -132,12 +132,47 @@ def before_call(context, case, kwargs):
         query["timeout"] = str(MAX_HOLD)
 
 
+ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+CURSOR = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+
+
+def whole_number_in(value, low, high):
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        value = int(value)
+    return isinstance(value, int) and low <= value <= high
+
+
+def feed_poll_is_valid(query):
+    """Whether a feed poll's query, as sent, is one the contract accepts."""
+    if not isinstance(query, dict):
+        return False
+    orders = query.get("order")
+    if orders is not None:
+        orders = orders if isinstance(orders, list) else [orders]
+        if not orders or not all(isinstance(o, str) and ORDER_ID.fullmatch(o) for o in orders) or len(set(orders)) > 100:
+            return False
+    after = query.get("after")
+    if after is not None and not (isinstance(after, str) and CURSOR.fullmatch(after)):
+        return False
+    return all(query.get(name) is None or whole_number_in(query[name], low, high) for name, low, high in (("limit", 1, 1000), ("timeout", 0, 60)))
+
+
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
+    code = getattr(failure, "code", None)
+    # The feed's `order` schema says at most 100 items, the contract at most 100 *distinct*
+    # ids (duplicates count once), which JSON Schema cannot say; and the hook above may have
+    # made a negative `timeout` valid. "Schema-violating request accepted" (ST201) on a feed
+    # poll that, as sent, is within the contract is no failure; the output counts it as dropped.
+    if code == "ST201" and case.operation.path == "/poll/order-status" and feed_poll_is_valid(case.query):
+        print(f"[dropped ST201, within the contract as sent] {response.status_code}: {case.as_curl_command()}", file=sys.stderr)
+        return False
     # Schemathesis 4.32's coverage phase can label a case "positive" while one of its parts is
     # negative (seen: `If-Match: 0` beside a boundary-length id). "Schema-valid request
     # rejected" (ST202) on such a case is the tool's mislabel; the output counts it as dropped.
-    if getattr(failure, "code", None) != "ST202" or case.meta is None:
+    if code != "ST202" or case.meta is None:
         return True
     negative = sorted(loc.name for loc, info in case.meta.components.items() if info.mode.value == "negative")
     if not negative:
