@@ -43,8 +43,10 @@ struct HostileClientTests {
             let headerClose = try await Self.timeToClose(
                 service, trickling: "GET /healthz HTTP/1.1\r\nHost: x\r\n" + String(repeating: "X-Slow: 1\r\n", count: 50))
             print("hostile: trickled request closed after \(bodyClose), trickled header after \(headerClose) (bound 1 s)")
+            // At the bound, not before; the upper limit leaves room for a loaded machine running the
+            // whole suite (seen: over 3 s there), and is still far below the 60 s idle timeout.
             for took in [bodyClose, headerClose] {
-                #expect(took >= .milliseconds(900) && took < .seconds(3), "closed after \(took)")
+                #expect(took >= .milliseconds(900) && took < .seconds(6), "closed after \(took)")
             }
             // A body cut off by the bound is the client's doing: no 5xx, so nothing in the 5xx alarm.
             let errors = try await service.get("/metrics").body.split(separator: "\n").filter {
