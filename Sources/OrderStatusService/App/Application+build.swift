@@ -81,7 +81,7 @@ public func buildApplication(
         milliseconds: settings.sseRetryMilliseconds, jitterPercent: settings.sseRetryJitterPercent)
     EventStreamController(store: parts.store, hub: parts.hub, retry: retry, bufferCapacity: settings.streamBufferFrames)
         .addRoutes(to: router.group().authorized(by: authorization))
-    FeedController(store: parts.store, hub: parts.hub, retry: retry, bufferCapacity: settings.streamBufferFrames)
+    FeedController(store: parts.store, hub: parts.hub, retry: retry, bufferCapacity: settings.streamBufferFrames * FeedSubscribers.bufferMultiple)
         .addRoutes(to: router.group().authorized(by: authorization))
     HealthController(store: parts.store, listener: parts.listener, registry: parts.metrics.registry).addRoutes(to: router)
     LivePageController().addRoutes(to: router)

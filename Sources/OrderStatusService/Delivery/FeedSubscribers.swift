@@ -57,6 +57,10 @@ final class FeedSubscribers {
     static let firstRetryDelay = Duration.milliseconds(10)
     static let longestRetryDelay = Duration.seconds(1)
 
+    /// A feed carries many orders' events, so it may queue this many times STREAM_BUFFER_FRAMES
+    /// before it counts as stalled; the frames are shared, so each queued one costs a reference.
+    static let bufferMultiple = 4
+
     var isEmpty: Bool { streams.isEmpty && polls.isEmpty }
 
     /// Where the shared read starts so that every subscriber is covered.
@@ -78,6 +82,15 @@ final class FeedSubscribers {
     }
 
     static let largestNamedRead = 1000
+}
+
+extension Optional where Wrapped == Set<OrderID> {
+    /// Whether a read of these orders (nil: every order) holds every event a feed of `orders` carries.
+    func covers(_ orders: Set<OrderID>?) -> Bool {
+        guard let self else { return true }
+        guard let orders else { return false }
+        return orders.isSubset(of: self)
+    }
 }
 
 extension Optional where Wrapped == Set<OrderID> {

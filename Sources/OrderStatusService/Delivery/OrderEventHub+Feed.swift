@@ -82,8 +82,10 @@ extension OrderEventHub {
         while feed.readRequested, !isShuttingDown, let from = feed.lowestPosition {
             feed.readRequested = false
             let page: FeedPage
+            // Fixed before the read: a feed that joins meanwhile may want orders it does not hold.
+            let wanted = feed.wantedOrders
             do {
-                page = try await reader.feedPage(after: from, orders: feed.wantedOrders, limit: Self.pageSize)
+                page = try await reader.feedPage(after: from, orders: wanted, limit: feedPageSize)
                 metrics.feedReads.increment()
                 failures = 0
             } catch {
@@ -94,8 +96,8 @@ extension OrderEventHub {
                 guard (try? await Task.sleep(for: delay)) != nil else { break }
                 continue
             }
-            let isComplete = page.events.count < Self.pageSize
-            deliverFeed(page, readFrom: from, isComplete: isComplete)
+            let isComplete = page.events.count < feedPageSize
+            deliverFeed(page, readFrom: from, of: wanted, isComplete: isComplete)
             if !isComplete {
                 feed.readRequested = true
             } else if page.snapshot.heldBackOrders.isEmpty {
@@ -116,20 +118,24 @@ extension OrderEventHub {
         feed.retryDelay = min(feed.retryDelay * 2, FeedSubscribers.longestRetryDelay)
     }
 
-    /// Hands a read's events to every subscriber the read covered (those at or after `from`; one
-    /// that joined below it is covered by the next pass). A complete read also moves each covered
-    /// subscriber to the frontier, so a feed that carries none of the events does not hold the
-    /// next read back.
-    private func deliverFeed(_ page: FeedPage, readFrom from: FeedPosition, isComplete: Bool) {
+    /// Events per shared read: at most a stream's buffer, so that one read cannot overfill a feed
+    /// that reads as fast as it can; a full page is followed by the next at once.
+    var feedPageSize: Int { max(1, min(Self.pageSize, configuration.streamBufferCapacity)) }
+
+    /// Hands a read's events to every subscriber the read covered: those at or after `from` whose
+    /// orders it read (one that joined below it, or wanting other orders, is covered by the next
+    /// pass, which its joining asked for). A complete read also moves each covered subscriber to
+    /// the frontier, so a feed that carries none of the events does not hold the next read back.
+    private func deliverFeed(_ page: FeedPage, readFrom from: FeedPosition, of wanted: Set<OrderID>?, isComplete: Bool) {
         metrics.feedHeldBack.record(page.snapshot.heldBackSeconds ?? 0)
         let events = page.events.map(EncodedFeedEvent.init)
         guard let end = isComplete ? max(page.snapshot.frontier, events.last?.position ?? from) : events.last?.position else { return }
         let now = clock.now
         var delivered = 0
-        for (id, stream) in feed.streams where stream.position >= from {
+        for (id, stream) in feed.streams where stream.position >= from && wanted.covers(stream.orders) {
             if send(events, to: stream, id: id, now: now, delivered: &delivered) { stream.position = max(stream.position, end) }
         }
-        for (id, poll) in feed.polls where poll.position >= from {
+        for (id, poll) in feed.polls where poll.position >= from && wanted.covers(poll.orders) {
             let carried = events.filter { $0.position > poll.position && poll.orders.carries($0.orderID) }
             guard !carried.isEmpty else {
                 poll.position = max(poll.position, end)
