@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: a release build, a throwaway PostgreSQL, and a fresh service process for each
 # scenario (freed memory is not returned to the OS, so the idle figure needs a new process).
-# Runs idle, fanout, writes (with pgbench running the same transaction beside it), and longpoll,
-# then prints one table. Figures, not assertions: it fails only when delivery is not exact.
+# Runs idle, fanout, writes (with pgbench running the same transaction beside it), longpoll and
+# feeds, then prints one table. Figures, not assertions: it fails only when delivery is not exact.
 #   scripts/bench.sh                     the fixed suite (about 10 minutes after the build)
 #   scripts/bench.sh idle fanout         some scenarios only
 #   scripts/bench.sh stalled-headers stalled-streams descriptors   stalled connections (not in the fixed suite)
@@ -16,7 +16,7 @@ source "$ROOT/scripts/postgres.sh"
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(idle fanout writes longpoll)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(idle fanout writes longpoll feeds)
 BUILD="$ROOT/.build-release"
 BIN="$BUILD/release/order-status"
 LOAD_BIN="$BUILD/release/order-status-load"
@@ -162,6 +162,12 @@ for scenario in "${SCENARIOS[@]}"; do
             SERVICE_ENV=()
             ;;
         longpoll) run_load longpoll --clients 500 --orders 100 --rate 100 --seconds 20 ;;
+        feeds)
+            # The writes scenario's writers and pool, with a feed of every order and 100 of three.
+            SERVICE_ENV=(DATABASE_POOL_SIZE=$WRITE_POOL)
+            run_load feeds --writers 32 --seconds 10 --filtered-feeds 100 --orders-per-feed 3
+            SERVICE_ENV=()
+            ;;
         # Not in the fixed suite: what stalled connections hold (BENCHMARKS.md, "Stalled connections").
         stalled-headers) run_load stalled --kind headers --connections 2000 ;;
         stalled-streams) run_load stalled --kind streams --connections 2000 --orders 200 ;;
@@ -172,7 +178,7 @@ for scenario in "${SCENARIOS[@]}"; do
             run_load stalled --kind headers --connections 320 --close-within 60
             SERVICE_NOFILE=""
             ;;
-        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll, stalled-headers, stalled-streams, descriptors)"; exit 2 ;;
+        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors)"; exit 2 ;;
     esac
 done
 

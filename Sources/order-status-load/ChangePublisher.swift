@@ -4,27 +4,35 @@ import NIOHTTP1
 /// One keep-alive connection of the publisher: sends the changes queued on it one at a time, the
 /// next when the last answer has ended, stamping each (`metadata.sentAt`, when asked) on the event
 /// loop as its bytes are written, so the figures are the service's and not the generator's
-/// scheduling. Touched only on its event loop.
+/// scheduling. With `recordsAnswers` it also notes, for each change that wrote an event, the event's
+/// id and when the answer ended: the latest the change can have committed. Touched only on its
+/// event loop.
 final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
 
     private let stopAt: NIODeadline?
     private let stampsSendTime: Bool
+    private let recordsAnswers: Bool
     private var context: ChannelHandlerContext?
     private var queued = CircularBuffer<(orderID: String, status: String)>()
     private var inFlightSince: Int64?
+    private var inFlightOrder = ""
     private var status: UInt = 0
+    private var answer: ByteBuffer?
     /// Round trips from the send to the end of the answer, in nanoseconds.
     private(set) var roundTrips: [Int64] = []
     private(set) var refusals = 0
+    /// With `recordsAnswers`: each written event's order and id, and when its answer ended.
+    private(set) var answers: [Answer] = []
     /// Succeeds once every change handed over has been answered (after `finish`).
     private var drained: EventLoopPromise<Void>?
 
     /// Past `stopAt` the changes still queued are dropped.
-    init(stopAt: NIODeadline?, stampsSendTime: Bool) {
+    init(stopAt: NIODeadline?, stampsSendTime: Bool, recordsAnswers: Bool = false) {
         self.stopAt = stopAt
         self.stampsSendTime = stampsSendTime
+        self.recordsAnswers = recordsAnswers
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -45,11 +53,17 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
         switch unwrapInboundIn(data) {
         case .head(let head):
             status = head.status.code
-        case .body:
-            break
+        case .body(var chunk):
+            if recordsAnswers {
+                if answer == nil { answer = chunk } else { answer!.writeBuffer(&chunk) }
+            }
         case .end:
-            if let since = inFlightSince { roundTrips.append(monotonicNanoseconds() - since) }
+            let now = monotonicNanoseconds()
+            if let since = inFlightSince { roundTrips.append(now - since) }
             if status != 200 { refusals += 1 }
+            if let body = answer.take(), status == 200, let eventID = Self.eventID(in: body) {
+                answers.append(Answer(orderID: inFlightOrder, eventID: eventID, answeredAt: now))
+            }
             inFlightSince = nil
             sendNext()
         }
@@ -74,6 +88,7 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
         }
         let sentAt = monotonicNanoseconds()
         inFlightSince = sentAt
+        inFlightOrder = change.orderID
         let body = ByteBuffer(
             string: stampsSendTime
                 ? #"{"status":"\#(change.status)","metadata":{"sentAt":\#(sentAt)}}"#
@@ -85,6 +100,28 @@ final class PublishingConnectionHandler: ChannelInboundHandler, @unchecked Senda
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
+
+    /// The id of the event in a change's answer, `{"order":{...},"event":{"id":N,...}}`; nil when
+    /// the change wrote none (`"event":null`).
+    private static func eventID(in body: ByteBuffer) -> Int64? {
+        let view = body.readableBytesView
+        guard let key = view.firstRange(of: #""event":{"id":"#.utf8) else { return nil }
+        var value: Int64 = 0
+        var index = key.upperBound
+        while index < view.endIndex, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(view[index]) {
+            value = value * 10 + Int64(view[index] - UInt8(ascii: "0"))
+            index += 1
+        }
+        return index > key.upperBound ? value : nil
+    }
+}
+
+/// A change that wrote an event, as its publisher saw the answer.
+struct Answer: Sendable {
+    let orderID: String
+    let eventID: Int64
+    /// Monotonic nanoseconds when the answer ended.
+    let answeredAt: Int64
 }
 
 /// Sends status changes over raw keep-alive connections, with no HTTP client library between the
@@ -95,13 +132,13 @@ struct ChangePublisher {
 
     static func connect(
         _ connector: StreamProbeConnector, connections: Int = 16, stopAt: NIODeadline? = nil,
-        stampsSendTime: Bool = true
+        stampsSendTime: Bool = true, recordsAnswers: Bool = false
     ) async throws -> ChangePublisher {
         var opened: [(channel: any Channel, handler: PublishingConnectionHandler)] = []
         for index in 0..<connections {
             opened.append(
                 try await connector.connect(index: index) { _ in
-                    PublishingConnectionHandler(stopAt: stopAt, stampsSendTime: stampsSendTime)
+                    PublishingConnectionHandler(stopAt: stopAt, stampsSendTime: stampsSendTime, recordsAnswers: recordsAnswers)
                 })
         }
         return ChangePublisher(connections: opened)
@@ -130,18 +167,25 @@ struct ChangePublisher {
     /// Waits until every connection has sent and been answered for all it was given (or passed its
     /// stop), closes them, and returns the round trips. Throws if any change was refused.
     func drain() async throws -> [Int64] {
+        try await drainWithAnswers().roundTrips
+    }
+
+    /// As `drain`, with the answers the connections recorded (with `recordsAnswers`).
+    func drainWithAnswers() async throws -> (roundTrips: [Int64], answers: [Answer]) {
         var roundTrips: [Int64] = []
+        var answers: [Answer] = []
         var refusals = 0
         for (channel, handler) in connections {
             let drained = channel.eventLoop.makePromise(of: Void.self)
             channel.eventLoop.execute { handler.finish(drained) }
             try await drained.futureResult.get()
-            let (times, refused) = try await channel.eventLoop.submit { (handler.roundTrips, handler.refusals) }.get()
+            let (times, answered, refused) = try await channel.eventLoop.submit { (handler.roundTrips, handler.answers, handler.refusals) }.get()
             roundTrips += times
+            answers += answered
             refusals += refused
             channel.close(promise: nil)
         }
         if refusals > 0 { throw BenchFailure("\(refusals) status changes were refused") }
-        return roundTrips
+        return (roundTrips, answers)
     }
 }
