@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import NIOHTTP1
 
 /// One feed of every order and F feeds of a few orders each while W writers walk orders through
 /// their statuses as fast as the service answers (the writes scenario). Checks that every feed got

@@ -10,7 +10,7 @@ import Testing
 /// subscribers follow, some reconnecting every few events. Against the event table, every
 /// subscriber gets every event of its feed exactly once, each order's in ascending id, and a
 /// subscriber that reconnects gets the same sequence as one that never did.
-@Suite("Feed under load", .timeLimit(.minutes(2)))
+@Suite("Feed under load", .serialized, .timeLimit(.minutes(2)))
 struct FeedLoadTests {
     @Test func everySubscriberGetsEveryEventOnceWhileWritersRace() async throws {
         let database = try await TestDatabase.createFresh()
@@ -48,7 +48,10 @@ struct FeedLoad: Sendable {
     static let resumingSubscribers = 2
     /// Subscribers that follow a few orders at a time, a new set when their feed ends.
     static let filteredSubscribers = 6
-    static let reconnectAfter = 2...8
+    /// Events a resuming subscriber takes before it drops the connection: a feed of every order,
+    /// and one of a few orders (which has some 15 events).
+    static let reconnectAfter = 5...20
+    static let filteredReconnectAfter = 2...6
 
     let writeTo: TestService
     /// The uninterrupted subscriber uses the first; resuming ones go round all of them.
@@ -60,6 +63,7 @@ struct FeedLoad: Sendable {
     @discardableResult
     func run() async throws -> Int {
         let prefix = "FL\(UUID().uuidString.prefix(6))"
+        let began = ContinuousClock.now
         let pool = OrderPool(prefix: prefix, count: Self.orders)
         try await pool.createAll(on: writeTo)
         // Created after everything else has committed, so it comes after every other event in the
@@ -68,7 +72,7 @@ struct FeedLoad: Sendable {
         let loadEnd = ContinuousClock.now + Self.duration
         let counters = LoadCounters()
 
-        let (uninterrupted, resumed, filtered, kills) = try await withThrowingTaskGroup(of: SubscriberResult.self) { group in
+        let (uninterrupted, resumed, filtered, kills, loadOver) = try await withThrowingTaskGroup(of: SubscriberResult.self) { group in
             group.addTask {
                 .everyOrder(try await FeedFollower(services: [feedsOn[0]], orders: nil, reconnectAfter: nil, sentinel: sentinel).follow(counters))
             }
@@ -88,7 +92,7 @@ struct FeedLoad: Sendable {
                         guard !orders.isEmpty else { continue }
                         let services = Self.rotated(feedsOn, by: index + sessions.count)
                         sessions.append(
-                            try await FeedFollower(services: services, orders: orders, reconnectAfter: Self.reconnectAfter, sentinel: nil).follow(
+                            try await FeedFollower(services: services, orders: orders, reconnectAfter: Self.filteredReconnectAfter, sentinel: nil).follow(
                                 counters))
                     }
                     return .filtered(sessions)
@@ -107,11 +111,18 @@ struct FeedLoad: Sendable {
                 return try await load.reduce(0, +)
             }
             // Ending every order ends every filtered feed; the sentinel ends the others.
-            for id in await pool.unfinished() {
-                let response = try await writeTo.changeStatus(id, to: "failed")
-                guard response.status == 200 else { throw TestFailure("failing \(id) answered \(response.status): \(response.body)") }
+            try await withThrowingTaskGroup(of: Void.self) { finishing in
+                for (index, id) in await pool.unfinished().enumerated() {
+                    if index >= Self.writers { try await finishing.next() }
+                    finishing.addTask {
+                        let response = try await writeTo.changeStatus(id, to: "failed")
+                        guard response.status == 200 else { throw TestFailure("failing \(id) answered \(response.status): \(response.body)") }
+                    }
+                }
+                try await finishing.waitForAll()
             }
             try await writeTo.createOrder(sentinel)
+            let loadOver = ContinuousClock.now - began
             var uninterrupted = FeedReceipt(orders: nil)
             var resumed: [FeedReceipt] = []
             var filtered: [FeedReceipt] = []
@@ -122,17 +133,19 @@ struct FeedLoad: Sendable {
                 case .filtered(let sessions): filtered += sessions
                 }
             }
-            return (uninterrupted, resumed, filtered, kills)
+            return (uninterrupted, resumed, filtered, kills, loadOver)
         }
 
         let table = try await EventTable.read(databaseURL, excluding: sentinel)
         let figures = await counters.text
-        print("feed load: \(table.ids.count) events of \(table.orderCount) orders; \(figures); \(filtered.count) filtered feeds")
+        print(
+            "feed load: \(table.ids.count) events of \(table.orderCount) orders; \(figures); \(filtered.count) filtered feeds;"
+                + " writes over after \(loadOver), every feed read \(ContinuousClock.now - began) after the start")
         #expect(table.ids.count >= Self.orders * 2, "the writers wrote only \(table.ids.count) events")
         table.expectExactly(uninterrupted.eventIDs, orders: nil, "the uninterrupted feed of every order")
         for (index, receipt) in resumed.enumerated() {
             table.expectExactly(receipt.eventIDs, orders: nil, "resumed feed \(index) of every order")
-            #expect(receipt.eventIDs == uninterrupted.eventIDs, "resumed feed \(index) differs from the uninterrupted one")
+            expectSame(receipt.eventIDs, uninterrupted.eventIDs, "resumed feed \(index) of every order against the uninterrupted one")
         }
         #expect(filtered.count >= Self.filteredSubscribers)
         for receipt in filtered {
@@ -140,9 +153,20 @@ struct FeedLoad: Sendable {
             let name = "the feed of \(orders.sorted())"
             table.expectExactly(receipt.eventIDs, orders: orders, name)
             let sameSlice = uninterrupted.eventIDs.filter { orders.contains(table.order(of: $0) ?? "") }
-            #expect(receipt.eventIDs == sameSlice, "\(name), resumed, differs from that slice of the uninterrupted feed")
+            expectSame(receipt.eventIDs, sameSlice, "\(name), resumed, against that slice of the uninterrupted feed")
         }
         return kills
+    }
+
+    /// Two feeds' sequences must be equal: says where they part, not the thousands of ids.
+    func expectSame(_ received: [Int64], _ reference: [Int64], _ name: String) {
+        guard received != reference else { return }
+        let split = zip(received, reference).prefix { $0 == $1 }.count
+        Issue.record(
+            """
+            \(name): \(received.count) events against \(reference.count); they part at index \(split): \
+            \(Array(received.dropFirst(max(0, split - 2)).prefix(6))) against \(Array(reference.dropFirst(max(0, split - 2)).prefix(6)))
+            """)
     }
 
     static func rotated(_ services: [TestService], by offset: Int) -> [TestService] {
@@ -228,26 +252,32 @@ struct FeedFollower: Sendable {
     let sentinel: String?
 
     func follow(_ counters: LoadCounters) async throws -> FeedReceipt {
-        let receipt = try await followToItsEnd()
+        var receipt = FeedReceipt(orders: orders.map(Set.init))
+        var cursor = "0"
+        do {
+            try await followToItsEnd(&receipt, cursor: &cursor)
+        } catch {
+            let feed = orders.map { "the feed of \($0)" } ?? "the feed of every order\(reconnectAfter == nil ? "" : ", resumed,")"
+            throw TestFailure(
+                "\(feed) on \(services.map(\.baseURL)), connection \(receipt.connections) from \(cursor), after \(receipt.eventIDs.count) events: \(error)")
+        }
         await counters.add(connections: receipt.connections)
         return receipt
     }
 
-    private func followToItsEnd() async throws -> FeedReceipt {
-        var receipt = FeedReceipt(orders: orders.map(Set.init))
-        var cursor = "0"
+    private func followToItsEnd(_ receipt: inout FeedReceipt, cursor: inout String) async throws {
         while true {
             let service = services[receipt.connections % services.count]
             receipt.connections += 1
             let stream = try await FeedConnection.open(service, orders: orders, lastEventID: cursor)
             // A limited feed resumed at or past the terminal events of all its orders.
-            if stream.status == 204, orders != nil { return receipt }
+            if stream.status == 204, orders != nil { return }
             guard stream.status == 200 else { throw TestFailure("the feed from \(cursor) on \(service.baseURL) answered \(stream.status)") }
             var budget = reconnectAfter.map { Int.random(in: $0) } ?? .max
             while budget > 0 {
                 guard let frame = try await stream.next() else {
                     guard orders != nil else { throw TestFailure("the feed of every order ended") }
-                    return receipt
+                    return
                 }
                 switch frame {
                 case .caughtUp(let at):
@@ -256,7 +286,7 @@ struct FeedFollower: Sendable {
                     cursor = at
                     if orderID == sentinel {
                         stream.close()
-                        return receipt
+                        return
                     }
                     receipt.eventIDs.append(id)
                     budget -= 1
