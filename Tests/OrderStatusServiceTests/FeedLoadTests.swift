@@ -50,7 +50,7 @@ struct FeedLoad: Sendable {
     static let filteredSubscribers = 6
     /// Events a resuming subscriber takes before it drops the connection: a feed of every order,
     /// and one of a few orders (which has some 15 events).
-    static let reconnectAfter = 5...20
+    static let reconnectAfter = 8...25
     static let filteredReconnectAfter = 2...6
 
     let writeTo: TestService
