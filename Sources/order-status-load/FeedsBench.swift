@@ -80,6 +80,12 @@ struct FeedsBench: AsyncParsableCommand {
         try await everyOrder.received(expectedEveryOrder.count, before: deadline)
         for (probe, expected) in zip(filtered, expectedFiltered) { try await probe.received(expected.count, before: deadline) }
 
+        // Whether the service closed the feed of every order before it had everything (a slow
+        // consumer is closed; its client would resume from its cursor).
+        let everyOrderEarly = try await everyOrder.channel.eventLoop.submit { everyOrder.handler.record.closed }.get()
+        let metrics = String(buffer: try await client.send("GET", "/metrics"))
+        let slowClosed = metrics.split(separator: "\n").first { $0.hasPrefix("order_status_slow_streams_closed_total ") } ?? "none"
+        say("feeds: the feed of every order \(everyOrderEarly ? "was closed by the service" : "was open") at the end; \(slowClosed)")
         var check = DeliveryCheck()
         var lags: [Int64] = []
         var sinceSent: [Int64] = []
@@ -149,7 +155,10 @@ struct FeedRecord: Sendable {
     /// Arrival minus the `sentAt` stamp in the event's metadata, for events that carry one.
     var sinceSent: [Int64] = []
     var caughtUp: String?
+    /// The service ended the response.
     var ended = false
+    /// The connection is gone, whoever closed it.
+    var closed = false
 }
 
 /// A feed subscriber on one NIO channel (`GET /events/order-status`), a byte scanner as
@@ -199,6 +208,7 @@ final class FeedProbeHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        record.closed = true
         opened.fail(ChannelError.ioOnClosedChannel)
         caughtUp.fail(ChannelError.ioOnClosedChannel)
         awaited?.promise.succeed(())
@@ -213,7 +223,7 @@ final class FeedProbeHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// Succeeds once `count` events have arrived or the feed has ended. Call on the event loop.
     func whenReceived(_ count: Int, _ promise: EventLoopPromise<Void>) {
-        if record.eventIDs.count >= count || record.ended {
+        if record.eventIDs.count >= count || record.ended || record.closed {
             promise.succeed(())
         } else {
             awaited = (count, promise)
