@@ -108,7 +108,9 @@ struct FeedsBench: AsyncParsableCommand {
         let eventsPerSecond = Double(answers.count) / elapsed
         let lag = LatencySummary(nanoseconds: lags)
         say("feeds: \(check.text); \(framesEnded) of \(filteredFeeds) filtered feeds ended after their orders' terminal events")
-        say(String(format: "feeds: %d events in %.1f s: %.0f events/s (%d changes answered)", answers.count, elapsed, eventsPerSecond, roundTrips.count))
+        say(
+            String(
+                format: "feeds: %d events in %.1f s: %.0f events/s (%d changes answered)", answers.count, elapsed, eventsPerSecond, roundTrips.count))
         say("feeds: feed lag (frame arrival minus the write's answer) \(lag.text) over \(lags.count) frames")
         let sent = LatencySummary(nanoseconds: sinceSent)
         say("feeds: write sent to frame \(sent.text)")

@@ -7,6 +7,8 @@ struct LoadCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "order-status-load",
         abstract: "Measures an order-status service.",
-        subcommands: [Latency.self, Soak.self, IdleBench.self, FanoutBench.self, WritesBench.self, LongPollBench.self, FeedsBench.self, StalledBench.self]
+        subcommands: [
+            Latency.self, Soak.self, IdleBench.self, FanoutBench.self, WritesBench.self, LongPollBench.self, FeedsBench.self, StalledBench.self,
+        ]
     )
 }

@@ -53,7 +53,9 @@ struct Watch: AsyncParsableCommand {
             throw ValidationError("a feed follows at most \(Self.feedOrderLimit) orders, not \(subject.distinctOrders.count)")
         }
         if lastEventId != nil, !subject.isOneOrder { throw ValidationError("--last-event-id is for one order; a feed resumes with --cursor") }
-        if cursor != nil, subject.isOneOrder { throw ValidationError("--cursor is for a feed (several orders or --all); one order takes --last-event-id") }
+        if cursor != nil, subject.isOneOrder {
+            throw ValidationError("--cursor is for a feed (several orders or --all); one order takes --last-event-id")
+        }
         guard (lastEventId ?? 0) >= 0 else { throw ValidationError("--last-event-id must be 0 or more") }
         if let cursor, !FeedCursorText.isWellFormed(cursor) {
             throw ValidationError("--cursor '\(cursor)' is not a cursor (1 to 64 of A-Z a-z 0-9 . _ ~ -)")

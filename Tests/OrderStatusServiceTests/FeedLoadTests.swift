@@ -92,8 +92,9 @@ struct FeedLoad: Sendable {
                         guard !orders.isEmpty else { continue }
                         let services = Self.rotated(feedsOn, by: index + sessions.count)
                         sessions.append(
-                            try await FeedFollower(services: services, orders: orders, reconnectAfter: Self.filteredReconnectAfter, sentinel: nil).follow(
-                                counters))
+                            try await FeedFollower(services: services, orders: orders, reconnectAfter: Self.filteredReconnectAfter, sentinel: nil)
+                                .follow(
+                                    counters))
                     }
                     return .filtered(sessions)
                 }
@@ -259,126 +260,56 @@ struct FeedFollower: Sendable {
         } catch {
             let feed = orders.map { "the feed of \($0)" } ?? "the feed of every order\(reconnectAfter == nil ? "" : ", resumed,")"
             throw TestFailure(
-                "\(feed) on \(services.map(\.baseURL)), connection \(receipt.connections) from \(cursor), after \(receipt.eventIDs.count) events: \(error)")
+                "\(feed) on \(services.map(\.baseURL)), connection \(receipt.connections) from \(cursor), after \(receipt.eventIDs.count) events: \(error)"
+            )
         }
         await counters.add(connections: receipt.connections)
         return receipt
+    }
+
+    /// 1 to 64 of `[A-Za-z0-9._~-]`, as the contract says a cursor is.
+    static func isCursor(_ text: String) -> Bool {
+        (1...64).contains(text.utf8.count) && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._~-".contains($0)) }
     }
 
     private func followToItsEnd(_ receipt: inout FeedReceipt, cursor: inout String) async throws {
         while true {
             let service = services[receipt.connections % services.count]
             receipt.connections += 1
-            let stream = try await FeedConnection.open(service, orders: orders, lastEventID: cursor)
+            let stream = try await FeedConnection.open(service, orders: orders ?? [], cursor: cursor)
             // A limited feed resumed at or past the terminal events of all its orders.
             if stream.status == 204, orders != nil { return }
             guard stream.status == 200 else { throw TestFailure("the feed from \(cursor) on \(service.baseURL) answered \(stream.status)") }
             var budget = reconnectAfter.map { Int.random(in: $0) } ?? .max
+            var lastEventCursor: String?
             while budget > 0 {
-                guard let frame = try await stream.next() else {
+                guard let frame = try await stream.next(within: .seconds(15)) else {
                     guard orders != nil else { throw TestFailure("the feed of every order ended") }
                     return
                 }
                 switch frame {
-                case .caughtUp(let at):
+                case .caughtUp(let at, let data):
+                    guard data == #"{"cursor":"\#(at)"}"#, Self.isCursor(at) else { throw TestFailure("caught-up at '\(at)' with data \(data)") }
                     cursor = at
-                case .event(let at, let id, let orderID):
+                case .event(let at, let data):
+                    // The reader repeats the last id for an event sent without one.
+                    guard at != lastEventCursor, Self.isCursor(at) else { throw TestFailure("an event frame without a cursor of its own: \(data)") }
+                    lastEventCursor = at
                     cursor = at
-                    if orderID == sentinel {
+                    let event = try FeedRecord(cursor: at, data: data)
+                    if event.orderID == sentinel {
                         stream.close()
                         return
                     }
-                    receipt.eventIDs.append(id)
+                    receipt.eventIDs.append(event.id)
                     budget -= 1
+                case .retry, .comment:
+                    continue
                 }
             }
             stream.close()
         }
     }
-}
-
-/// One frame of a feed as the checks need it.
-enum FeedFrame: Sendable, Equatable {
-    case event(cursor: String, eventID: Int64, orderID: String)
-    case caughtUp(cursor: String)
-}
-
-/// A feed connection (`GET /events/order-status`), read frame by frame. Cursors are opaque: they
-/// are kept as the strings the service sent.
-final class FeedConnection: @unchecked Sendable {
-    let status: Int
-    private var body: FeedBody?
-    private var reader = EventStreamReader()
-    private var pending: [FeedFrame] = []
-    private var lastEventCursor: String?
-
-    private init(status: Int, body: FeedBody) {
-        self.status = status
-        self.body = body
-    }
-
-    static func open(_ service: TestService, orders: [String]?, lastEventID: String?) async throws -> FeedConnection {
-        let query = (orders ?? []).map { "order=\($0)" }.joined(separator: "&")
-        var request = HTTPClientRequest(url: service.baseURL + "/events/order-status" + (query.isEmpty ? "" : "?" + query))
-        if let lastEventID { request.headers.add(name: "Last-Event-ID", value: lastEventID) }
-        let response = try await testHTTPClient.execute(request, timeout: .seconds(90))
-        return FeedConnection(status: Int(response.status.code), body: FeedBody(response.body.makeAsyncIterator()))
-    }
-
-    /// Drops the connection.
-    func close() { body = nil }
-
-    /// The next event or caught-up frame, or nil when the service ended the feed.
-    func next(within limit: Duration = .seconds(15)) async throws -> FeedFrame? {
-        while pending.isEmpty {
-            guard let body else { throw TestFailure("the feed connection is closed") }
-            guard let chunk = try await withDeadline(limit, "the next feed frame", { try await body.next() }) else { return nil }
-            for case .event(let type, let data, let cursor) in reader.feed(chunk.readableBytesView) {
-                let frame = try Self.frame(type: type, data: data, cursor: cursor)
-                // The reader repeats the last id for an event sent without one.
-                if case .event = frame {
-                    guard cursor != lastEventCursor else { throw TestFailure("an event frame without a cursor of its own: \(data)") }
-                    lastEventCursor = cursor
-                }
-                pending.append(frame)
-            }
-        }
-        return pending.removeFirst()
-    }
-
-    private static func frame(type: String, data: String, cursor: String) throws -> FeedFrame {
-        guard (1...64).contains(cursor.utf8.count), cursor.utf8.allSatisfy(Self.isCursorByte) else {
-            throw TestFailure("a \(type) frame with cursor '\(cursor)'")
-        }
-        let object = try JSONSerialization.jsonObject(with: Data(data.utf8)) as? [String: Any]
-        switch type {
-        case "order-status":
-            guard let id = object?["id"] as? Int, let orderID = object?["orderId"] as? String else {
-                throw TestFailure("an order-status frame without id or orderId: \(data)")
-            }
-            return .event(cursor: cursor, eventID: Int64(id), orderID: orderID)
-        case "caught-up":
-            guard object?["cursor"] as? String == cursor else { throw TestFailure("caught-up at '\(cursor)' with data \(data)") }
-            return .caughtUp(cursor: cursor)
-        default:
-            throw TestFailure("a feed frame of type '\(type)': \(data)")
-        }
-    }
-
-    private static func isCursorByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
-        case UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"), UInt8(ascii: "-"): true
-        default: false
-        }
-    }
-}
-
-/// Carries the body iterator into the deadline's child task and back.
-private final class FeedBody: @unchecked Sendable {
-    var iterator: HTTPClientResponse.Body.AsyncIterator
-    init(_ iterator: HTTPClientResponse.Body.AsyncIterator) { self.iterator = iterator }
-    func next() async throws -> ByteBuffer? { try await iterator.next() }
 }
 
 /// The orders in play: 100 at a time, each replaced by a new one once it reaches a terminal status.

@@ -167,7 +167,10 @@ struct HostileHTTPSClientTests {
         let certificate = try await SelfSignedCertificate.make()
         try await TestService.with(settings: certificate.settings) { service in
             let cases: [(request: String, status: Int)] = [
-                ("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: RequestLimits.maximumHeaderFieldBytes + 1024))\r\n\r\n", 431),
+                (
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: RequestLimits.maximumHeaderFieldBytes + 1024))\r\n\r\n",
+                    431
+                ),
                 ("GET /healthz HTTP/1.1\r\nHost: x\r\n" + (0..<150).map { "X-F\($0): 1\r\n" }.joined() + "\r\n", 431),
                 ("G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             ]

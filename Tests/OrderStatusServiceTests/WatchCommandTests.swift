@@ -306,7 +306,10 @@ struct WatchCommandTests {
                 // Refused before any request: the command's own checks (ArgumentParser's usage exit, 64).
                 // 101 distinct ids: over the feed's limit of 100.
                 let many = (0...100).map { "O\($0)" }
-                for arguments in [many, [known, "--all"], [known, "x y"], ["--all", "--cursor", "a/b"], [known, "--cursor", "0"], [known, known + "2", "--last-event-id", "1"], []] {
+                for arguments in [
+                    many, [known, "--all"], [known, "x y"], ["--all", "--cursor", "a/b"], [known, "--cursor", "0"],
+                    [known, known + "2", "--last-event-id", "1"], [],
+                ] {
                     let refused = try await WatchProcess(on: children, arguments + ["--url", service.baseURL])
                     #expect(try await refused.waitForExit() == 64, "\(arguments.suffix(3)): \(refused.output)")
                 }

@@ -63,7 +63,9 @@ public struct Setting: Sendable, Hashable {
                 "REQUEST_READ_TIMEOUT_SECONDS", default: "10",
                 "a request (head and body) not fully received this long after its first byte closes its connection"),
             Setting("CORS_ALLOWED_ORIGINS", "comma-separated origins allowed cross-origin access; CORS is off without it"),
-            Setting("STREAM_BUFFER_FRAMES", default: "256", "frames queued for a stream that stopped reading before it is closed (a feed: four times as many)"),
+            Setting(
+                "STREAM_BUFFER_FRAMES", default: "256",
+                "frames queued for a stream that stopped reading before it is closed (a feed: four times as many)"),
             Setting("STREAM_STALL_TIMEOUT_SECONDS", default: "30", "a stream or connection whose writes make no progress this long is closed"),
             Setting("MAX_STREAMS", default: "20000", "open SSE streams per instance before 503"),
             Setting("MAX_POLLS", default: "20000", "held long polls per instance before 503"),
