@@ -15,7 +15,8 @@ struct FeedTests {
         try await TestDatabase.withConnection(to: databaseURL) { connection in
             var rows: [(String, Int64)] = []
             for try await (transaction, id) in try await connection.query(
-                "SELECT feed_xact::text, id FROM order_events ORDER BY feed_xact, id", logger: testLogger
+                // Ordered by the xid8 column, not the text output named like it (that sorted "1000" before "999").
+                "SELECT e.feed_xact::text AS transaction, e.id FROM order_events e ORDER BY e.feed_xact, e.id", logger: testLogger
             ).decode((String, Int64).self) {
                 rows.append((FeedPosition(transaction: Int64(transaction)!, eventID: id).cursor, id))
             }
