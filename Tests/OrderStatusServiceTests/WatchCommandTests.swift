@@ -168,6 +168,8 @@ struct WatchCommandTests {
                 try await service.createOrder(a)
                 try await service.changeStatus(a, to: "paid", metadata: #"{"paymentRef":"p-1"}"#)
                 try await service.createOrder(b, metadata: #"{"customer":"c-9"}"#)
+                // Past the frontier first (another test's open transaction could hold them back, and they would arrive live).
+                _ = try await FeedTests.handedOut(3, of: [a, b], on: service)
                 // A listed twice counts once, as on the service.
                 let watch = try await WatchProcess(on: children, [a, b, a, "--url", service.baseURL])
                 // Without a cursor: the latest event of each order, in feed order, then caught-up.
@@ -212,6 +214,8 @@ struct WatchCommandTests {
                 let (a, b) = (uniqueOrderID("WCa"), uniqueOrderID("WCb"))
                 try await service.createOrder(a)
                 try await service.createOrder(b)
+                // Past the frontier first (another test's open transaction could hold them back, and they would arrive live).
+                _ = try await FeedTests.handedOut(2, of: [a, b], on: service)
                 let first = try await WatchProcess(on: children, [a, b, "--url", service.baseURL])
                 try await first.waitFor("caught-up") { _ in first.caughtUpCursors.count == 1 }
                 let live = first.caughtUpCursors[0]
@@ -253,6 +257,7 @@ struct WatchCommandTests {
                     let (x, y) = (uniqueOrderID("WAx"), uniqueOrderID("WAy"))
                     // From before the command starts: without a cursor, the feed of every order sends nothing past.
                     try await other.createOrder(x)
+                    _ = try await FeedTests.handedOut(1, of: [x], on: other)
                     let watch = try await TestService.with(settings: settings) { first in
                         let watch = try await WatchProcess(on: children, ["--all", "--url", first.baseURL])
                         try await watch.waitFor("caught-up") { _ in watch.caughtUpCursors.count == 1 }
