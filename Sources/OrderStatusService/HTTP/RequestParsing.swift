@@ -41,6 +41,16 @@ enum RequestParsing {
     /// The SSE resume position: the `Last-Event-ID` header, else the `lastEventId` query parameter;
     /// an empty value counts as absent.
     static func lastEventID(_ request: Request) throws -> Int64? {
+        guard let text = try resumeText(request) else { return nil }
+        guard let id = decimal(text) else {
+            throw Problem(.badRequest, "Last-Event-ID must be a decimal event id of at most 19 digits that fits a signed 64-bit integer.")
+        }
+        return id
+    }
+
+    /// Where a stream resumes, as sent: the `Last-Event-ID` header, else the `lastEventId` query
+    /// parameter (an EventSource's first connection cannot send the header); nil when empty or absent.
+    private static func resumeText(_ request: Request) throws -> String? {
         let headerValues = request.headers[values: .lastEventID]
         let text: String
         if let header = headerValues.first {
@@ -51,11 +61,7 @@ enum RequestParsing {
             guard values.count <= 1 else { throw Problem(.badRequest, "Send one lastEventId query parameter.") }
             text = values.first.map { String($0) } ?? ""
         }
-        if text.isEmpty { return nil }
-        guard let id = decimal(text) else {
-            throw Problem(.badRequest, "Last-Event-ID must be a decimal event id of at most 19 digits that fits a signed 64-bit integer.")
-        }
-        return id
+        return text.isEmpty ? nil : text
     }
 
     /// `If-Match`: `*`, or one or more quoted versions (`"3"`, `"3", "4"`). nil when absent.
@@ -119,17 +125,7 @@ extension RequestParsing {
     /// The feed stream's resume position: the `Last-Event-ID` header, else the `lastEventId` query
     /// parameter; an empty value counts as absent.
     static func feedCursor(_ request: Request) throws -> FeedPosition? {
-        let headerValues = request.headers[values: .lastEventID]
-        let text: String
-        if let header = headerValues.first {
-            guard headerValues.count == 1 else { throw Problem(.badRequest, "Send one Last-Event-ID header.") }
-            text = header
-        } else {
-            let values = request.uri.queryParameters.getAll("lastEventId")
-            guard values.count <= 1 else { throw Problem(.badRequest, "Send one lastEventId query parameter.") }
-            text = values.first.map { String($0) } ?? ""
-        }
-        if text.isEmpty { return nil }
+        guard let text = try resumeText(request) else { return nil }
         return try cursor(text, named: "Last-Event-ID")
     }
 
