@@ -14,7 +14,8 @@ struct HeadRequestTests {
             try await service.createOrder(id, status: "delivered")
             let paths = [
                 "/orders/\(id)", "/orders/\(id)/events", "/orders/\(id)/status/poll", "/events/order-status/\(id)", "/orders/nope-\(id)",
-                "/events/order-status/nope-\(id)", "/healthz", "/readyz", "/metrics", "/", "/app.js", "/app.css",
+                "/events/order-status/nope-\(id)", "/events/order-status?order=\(id)", "/poll/order-status?order=\(id)", "/healthz", "/readyz",
+                "/metrics", "/", "/app.js", "/app.css",
             ]
             for path in paths {
                 let get = try await RawResponse.exchange("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", port: service.port)
@@ -53,6 +54,23 @@ struct HeadRequestTests {
             _ = try await stream.events(1)
             try await eventually("the GET's subscription read") { try await service.metric("order_status_hub_event_reads_total") > readsBefore }
             stream.close()
+        }
+    }
+
+    /// The feed of every order never ends, so its GET cannot be compared whole: its HEAD must end
+    /// at the head, subscribe no feed, and leave the connection for the next request.
+    @Test func feedHeadSubscribesNothingAndLeavesTheConnectionFree() async throws {
+        try await TestService.with { service in
+            let connection = try await RawConnection.open(port: service.port)
+            try await connection.send("HEAD /events/order-status HTTP/1.1\r\nHost: x\r\n\r\n")
+            let head = try await connection.read(through: "\r\n\r\n", within: .seconds(5))
+            #expect(head.hasPrefix("HTTP/1.1 200"), "\(head)")
+            #expect(head.lowercased().contains("\r\ncontent-type: text/event-stream\r\n"), "\(head)")
+            #expect(head.hasSuffix("\r\n\r\n"), "nothing after the head: \(head)")
+            try await connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            let next = try await connection.readUntilClosed(within: .seconds(5))
+            #expect(next.hasPrefix("HTTP/1.1 200"), "\(next)")
+            #expect(try await service.metric("order_status_open_feeds") == 0)
         }
     }
 
