@@ -48,7 +48,7 @@ struct FeedAuthorizationTests {
         try await TestService.with(settings: AuthorizationTests.hs256) { service in
             let writer = try await tokens.token(scope: "orders:write")
             let id = try await tokens.createOrder(service, token: writer)
-            let (expiring, acceptedUntil) = try await tokens.tokenAccepted(for: 4, orders: [id])
+            let (expiring, acceptedUntil) = try await tokens.tokenAccepted(for: 8, orders: [id])
             let reader = try await tokens.token(scope: "orders:read")
             // Its creation past the frontier first, so neither feed gets it live.
             let creation = try await FeedConnection.open(service, orders: [id], cursor: "0", headers: tokens.bearer(reader))

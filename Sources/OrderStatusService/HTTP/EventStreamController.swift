@@ -44,12 +44,7 @@ struct EventStreamController<Context: EventStreamRequestContext> {
     @Sendable func stream(_ request: Request, context: Context) async throws -> Response {
         let lastEventID = try RequestParsing.lastEventID(request)
         let id = try RequestParsing.orderID(context)
-        // The place is taken before the database is read, so a burst past MAX_STREAMS is refused
-        // whole and costs no replay. A HEAD subscribes to nothing and needs none.
-        let slot = request.method == .head ? nil : hub.admitStream()
-        guard request.method == .head || slot != nil else {
-            throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
-        }
+        let slot = try EventStreamResponse.admit(request, to: hub)
         let replay: [OrderEvent]
         let position: Int64
         if let lastEventID {
@@ -63,28 +58,13 @@ struct EventStreamController<Context: EventStreamRequestContext> {
             guard let latest = try await store.latestEvent(of: id) else { throw Problem.orderNotFound(id.rawValue) }
             (replay, position) = ([latest], latest.id - 1)
         }
-        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no"]
-        // HEAD (RFC 9110 §9.3.2): the same answer without the stream, so nothing subscribes. It
-        // leaves the connection free for another request, so it does not say `Connection: close`.
-        if request.method == .head {
-            var response = Response(status: .ok, headers: headers)
-            response.headers[.contentLength] = nil
-            return response
+        return EventStreamResponse.make(request, context: context, holding: slot, capacity: bufferCapacity) { writer in
+            try await writeReplay(of: id, replay: replay, after: position, to: &writer)
+        } subscribe: { [hub] position, sink, deadline in
+            await hub.subscribe(to: id, after: position, sink: sink, until: deadline).map { subscriber in
+                HubSubscription { hub.streamDeparted(from: id, id: subscriber) }
+            }
         }
-        // Watching for the client's close takes over the connection's input, so it cannot carry
-        // another request afterwards: say so, or a client may reuse it and fail.
-        headers[.connection] = "close"
-        return Response(
-            status: .ok, headers: headers,
-            body: ResponseBody { [attachment = context.eventStreamAttachment, deadline = context.streamDeadline, slot] writer in
-                try await attachment.serve(holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
-                    try await writeReplay(of: id, replay: replay, after: position, to: &writer)
-                } subscribe: { [hub] position, sink in
-                    await hub.subscribe(to: id, after: position, sink: sink, until: deadline).map { subscriber in
-                        HubSubscription { hub.streamDeparted(from: id, id: subscriber) }
-                    }
-                }
-            })
     }
 
     /// Writes `retry:` and the replay, reading further pages straight to the socket so a long

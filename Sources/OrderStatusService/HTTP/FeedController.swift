@@ -22,32 +22,18 @@ struct FeedController<Context: EventStreamRequestContext> {
     @Sendable func stream(_ request: Request, context: Context) async throws -> Response {
         let orders = try RequestParsing.feedOrders(request)
         let cursor = try RequestParsing.feedCursor(request)
-        let slot = request.method == .head ? nil : hub.admitStream()
-        guard request.method == .head || slot != nil else {
-            throw Problem.unavailable("This instance holds as many streams as it may; reconnect shortly.", retryAfterSeconds: 2)
-        }
+        let slot = try EventStreamResponse.admit(request, to: hub)
         let start = try await FeedStart.read(from: store, orders: orders, cursor: cursor)
         // Every listed order ended at or before the cursor: nothing can follow, so EventSource stops.
         if cursor != nil, orders != nil, start.openOrders.isEmpty { return Response(status: .noContent) }
-        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no"]
-        if request.method == .head {
-            var response = Response(status: .ok, headers: headers)
-            response.headers[.contentLength] = nil
-            return response
+        return EventStreamResponse.make(request, context: context, holding: slot, capacity: bufferCapacity) { writer in
+            try await writeReplay(start, orders: orders, to: &writer)
+        } subscribe: { [hub] live, sink, deadline in
+            await hub.subscribeFeed(after: live.position, orders: orders, openOrders: live.openOrders, sink: sink, until: deadline).map {
+                subscriber in
+                HubSubscription { hub.feedStreamDeparted(id: subscriber) }
+            }
         }
-        headers[.connection] = "close"
-        return Response(
-            status: .ok, headers: headers,
-            body: ResponseBody { [attachment = context.eventStreamAttachment, deadline = context.streamDeadline, slot] writer in
-                try await attachment.serve(holding: slot, capacity: bufferCapacity, request: request, writer: &writer) { writer in
-                    try await writeReplay(start, orders: orders, to: &writer)
-                } subscribe: { [hub] live, sink in
-                    await hub.subscribeFeed(after: live.position, orders: orders, openOrders: live.openOrders, sink: sink, until: deadline).map {
-                        subscriber in
-                        HubSubscription { hub.feedStreamDeparted(id: subscriber) }
-                    }
-                }
-            })
     }
 
     /// Where the replay left the stream: the hub goes on from here.
