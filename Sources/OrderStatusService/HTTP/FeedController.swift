@@ -77,8 +77,8 @@ struct FeedController<Context: EventStreamRequestContext> {
         let after = try RequestParsing.feedAfter(request)
         let limit = Int(try RequestParsing.integer("limit", in: 1...1000, from: request) ?? 100)
         let timeout = try RequestParsing.integer("timeout", in: 0...60, from: request) ?? 25
-        let start = try await FeedStart.read(from: store, orders: orders, cursor: after)
         guard let after else {
+            let start = try await FeedStart.read(from: store, orders: orders, cursor: nil)
             // The stream's first events: the latest of each listed order, or none.
             let events = start.firstEvents.prefix(limit)
             let isCut = events.count < start.firstEvents.count
@@ -86,8 +86,12 @@ struct FeedController<Context: EventStreamRequestContext> {
                 events.map { ByteBuffer(string: $0.event.json) }, cursor: events.last?.position ?? start.position,
                 upToDate: !isCut && !start.snapshot.holdsBack(orders))
         }
+        // A filtered feed must know its orders exist and which have ended; the feed of every order
+        // needs no such read, and checks the cursor against the page's own frontier.
+        let openOrders = orders == nil ? nil : try await FeedStart.read(from: store, orders: orders, cursor: after).openOrders
         let (answer, frontier) = try await read(after: after, orders: orders, limit: limit)
-        if !answer.events.isEmpty || timeout == 0 || (orders != nil && start.openOrders.isEmpty) { return body(answer) }
+        if orders == nil { try FeedStart.check(after, against: frontier) }
+        if !answer.events.isEmpty || timeout == 0 || openOrders?.isEmpty == true { return body(answer) }
         guard let slot = hub.admitPoll() else {
             throw Problem.unavailable("This instance holds as many polls as it may; retry shortly.", retryAfterSeconds: 2)
         }
@@ -161,12 +165,12 @@ struct FeedStart: Sendable {
     static func read(from store: OrderStore, orders: Set<OrderID>?, cursor: FeedPosition?) async throws -> FeedStart {
         guard let orders else {
             let snapshot = try await store.feedPage(after: .start, orders: nil, limit: 0).snapshot
-            try check(cursor, against: snapshot)
+            try check(cursor, against: snapshot.frontier)
             return FeedStart(snapshot: snapshot, firstEvents: [], position: cursor ?? snapshot.frontier, replaysTable: cursor != nil, openOrders: [])
         }
         let (snapshot, states) = try await store.feedOrders(orders)
         if let missing = states.filter({ !$0.exists }).map(\.id.rawValue).min() { throw Problem.orderNotFound(missing) }
-        try check(cursor, against: snapshot)
+        try check(cursor, against: snapshot.frontier)
         let position = cursor ?? snapshot.frontier
         let ended = states.filter { state in
             guard let latest = state.latest else { return false }
@@ -181,8 +185,8 @@ struct FeedStart: Sendable {
     }
 
     /// A cursor past the frontier was never handed out: every cursor lies at or before the frontier it was read under.
-    private static func check(_ cursor: FeedPosition?, against snapshot: FeedSnapshot) throws {
-        guard let cursor, cursor > snapshot.frontier else { return }
+    static func check(_ cursor: FeedPosition?, against frontier: FeedPosition) throws {
+        guard let cursor, cursor > frontier else { return }
         throw Problem(.badRequest, "The cursor '\(cursor.cursor)' lies past the end of the feed: it was not handed out by this service.")
     }
 }
