@@ -60,6 +60,29 @@ struct SettingsTests {
         #expect(!"\(settings.given)".contains("hunter2") && !"\(settings.given)".contains(secret))
     }
 
+    /// Behind PgBouncer in transaction mode the pool goes through it and the LISTEN connection not.
+    @Test func theListenerTakesItsOwnURLElseDatabaseURLAndStatementsAreOneOfTwoModes() throws {
+        let defaults = try ServiceSettings(values: Self.base)
+        #expect(defaults.listenerDatabase == defaults.database)
+        #expect(defaults.statements == .prepared)
+        let split = try ServiceSettings(
+            values: [
+                "DATABASE_URL": "postgres://u:pw@bouncer:6432/d", "DATABASE_LISTEN_URL": "postgres://u:hunter3@primary/d",
+                "DATABASE_STATEMENTS": "Unnamed",
+            ])
+        #expect(split.database.host == "bouncer" && split.database.port == 6432)
+        #expect(split.listenerDatabase.host == "primary" && split.listenerDatabase.port == 5432 && split.listenerDatabase.password == "hunter3")
+        #expect(split.statements == .unnamed)
+        #expect(split.given["DATABASE_LISTEN_URL"] == "<redacted> (environment)", "it holds a password")
+        #expect(throws: ConfigurationError("DATABASE_STATEMENTS must be prepared or unnamed, not 'named'")) {
+            try ServiceSettings(values: Self.base.merging(["DATABASE_STATEMENTS": "named"]) { $1 })
+        }
+        #expect(throws: ConfigurationError("DATABASE_LISTEN_URL must look like postgres://user:password@host:port/database")) {
+            try ServiceSettings(values: Self.base.merging(["DATABASE_LISTEN_URL": "mysql://primary/d"]) { $1 })
+        }
+        #expect(Setting.named("DATABASE_LISTEN_URL").shownDefault == "(DATABASE_URL)")
+    }
+
     @Test func helpListsEverySettingAndAnUnknownFlagIsRefused() async throws {
         let executable = try ServiceProcess.executable
         for command in ["serve", "migrate"] {

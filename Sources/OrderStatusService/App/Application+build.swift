@@ -21,7 +21,8 @@ public struct ServiceParts: Sendable {
     public init(settings: ServiceSettings, logger: Logger) async throws {
         postgres = PostgresClient(configuration: settings.database.clientConfiguration(poolSize: settings.databasePoolSize), backgroundLogger: logger)
         metrics = ServiceMetrics(settings: settings)
-        store = OrderStore(client: postgres, logger: logger, timeout: settings.databaseTimeout, metrics: metrics.database)
+        store = OrderStore(
+            client: postgres, logger: logger, timeout: settings.databaseTimeout, metrics: metrics.database, statements: settings.statements)
         hub = OrderEventHub(
             reader: store,
             configuration: .init(
@@ -36,7 +37,7 @@ public struct ServiceParts: Sendable {
         )
         listener = NotificationListener(
             configuration: .init(
-                connection: try settings.database.connectionConfiguration(),
+                connection: try settings.listenerDatabase.connectionConfiguration(),
                 pingInterval: settings.listenerPingInterval,
                 pingTimeout: settings.listenerPingTimeout
             ),

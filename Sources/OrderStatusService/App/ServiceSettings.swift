@@ -7,7 +7,12 @@ import PostgresNIO
 /// from its flag, else its environment variable, else its default. A bad value stops startup with
 /// a one-line message that names it.
 public struct ServiceSettings: Sendable {
+    /// The request pool's database, which may be a PgBouncer in transaction mode.
     public var database: DatabaseURL
+    /// The LISTEN connection's database (DATABASE_LISTEN_URL, else DATABASE_URL): a LISTEN lives as
+    /// long as its session, so it must not go through a transaction-mode pooler.
+    public var listenerDatabase: DatabaseURL
+    public var statements: StatementMode
     public var host: String
     public var port: Int
     public var heartbeatInterval: Duration
@@ -53,6 +58,12 @@ public struct ServiceSettings: Sendable {
             throw ConfigurationError("DATABASE_URL is not set: give postgres://user:password@host:port/database")
         }
         database = try DatabaseURL(url)
+        listenerDatabase = try DatabaseURL(source.text("DATABASE_LISTEN_URL") ?? url, variable: "DATABASE_LISTEN_URL")
+        let statementMode = try source.required("DATABASE_STATEMENTS")
+        guard let parsedMode = StatementMode(rawValue: statementMode.lowercased()) else {
+            throw ConfigurationError("DATABASE_STATEMENTS must be prepared or unnamed, not '\(statementMode)'")
+        }
+        statements = parsedMode
         host = try source.required("HOST")
         port = try source.integer("PORT", in: 0...65535)
         heartbeatInterval = try source.seconds("HEARTBEAT_SECONDS")
@@ -118,11 +129,12 @@ public struct DatabaseURL: Sendable, Equatable {
     public var database: String
     public var tlsMode: String
 
-    public init(_ text: String) throws(ConfigurationError) {
+    /// `variable` names the setting in the error message.
+    public init(_ text: String, variable: String = "DATABASE_URL") throws(ConfigurationError) {
         guard let components = URLComponents(string: text), ["postgres", "postgresql"].contains(components.scheme ?? ""),
             let host = components.host, !host.isEmpty
         else {
-            throw ConfigurationError("DATABASE_URL must look like postgres://user:password@host:port/database")
+            throw ConfigurationError("\(variable) must look like postgres://user:password@host:port/database")
         }
         self.host = host
         self.port = components.port ?? 5432
@@ -132,7 +144,7 @@ public struct DatabaseURL: Sendable, Equatable {
         self.database = path.isEmpty ? self.username : (path.removingPercentEncoding ?? path)
         self.tlsMode = components.queryItems?.first { $0.name == "sslmode" }?.value ?? "disable"
         guard ["disable", "prefer", "require"].contains(tlsMode) else {
-            throw ConfigurationError("DATABASE_URL's sslmode must be disable, prefer or require, not '\(tlsMode)'")
+            throw ConfigurationError("\(variable)'s sslmode must be disable, prefer or require, not '\(tlsMode)'")
         }
     }
 

@@ -13,11 +13,17 @@ public struct Setting: Sendable, Hashable {
     public let isRequired: Bool
     /// Never shown: swift-configuration's access reports and the startup log redact it.
     public let isSecret: Bool
+    /// The setting whose value this one takes when not given (DATABASE_LISTEN_URL: DATABASE_URL).
+    public let fallback: String?
     public let help: String
 
-    init(_ variable: String, default defaultValue: String? = nil, required: Bool = false, secret: Bool = false, _ help: String) {
+    init(
+        _ variable: String, default defaultValue: String? = nil, sameAs fallback: String? = nil, required: Bool = false, secret: Bool = false,
+        _ help: String
+    ) {
         self.variable = variable
         self.defaultValue = defaultValue
+        self.fallback = fallback
         self.isRequired = required
         self.isSecret = secret
         self.help = help
@@ -27,7 +33,7 @@ public struct Setting: Sendable, Hashable {
     public var flag: String { "--" + variable.lowercased().replacingOccurrences(of: "_", with: "-") }
 
     /// The default as the README and `--help` show it.
-    public var shownDefault: String { defaultValue ?? (isRequired ? "(required)" : "(none)") }
+    public var shownDefault: String { defaultValue ?? fallback.map { "(\($0))" } ?? (isRequired ? "(required)" : "(none)") }
 
     /// `heartbeat.seconds`, which EnvironmentVariablesProvider encodes back into `HEARTBEAT_SECONDS`.
     var key: ConfigKey { ConfigKey(variable.lowercased().split(separator: "_").map(String.init)) }
@@ -45,6 +51,12 @@ public struct Setting: Sendable, Hashable {
         [
             Setting(
                 "DATABASE_URL", required: true, secret: true, "postgres://user:password@host:port/database, optional ?sslmode=disable|prefer|require"),
+            Setting(
+                "DATABASE_LISTEN_URL", sameAs: "DATABASE_URL", secret: true,
+                "the LISTEN connection's database, direct to PostgreSQL where DATABASE_URL goes through a pooler"),
+            Setting(
+                "DATABASE_STATEMENTS", default: "prepared",
+                "prepared (named, once per connection) or unnamed (parsed each call: PgBouncer transaction pooling)"),
             Setting("HOST", default: "127.0.0.1", "address to listen on"),
             Setting("PORT", default: "8080", "port to listen on; 0 picks a free one"),
             Setting("TLS_CERTIFICATE_FILE", "PEM certificate chain, leaf first; with TLS_PRIVATE_KEY_FILE serves HTTPS with HTTP/2"),
@@ -120,9 +132,10 @@ public struct SettingsSource: Sendable {
         return text
     }
 
-    /// The given value, else the default; nil when there is neither.
+    /// The given value, else the default, else its fallback setting's value; nil when there is none.
     public func text(_ variable: String) -> String? {
-        given(variable) ?? Setting.named(variable).defaultValue
+        let setting = Setting.named(variable)
+        return given(variable) ?? setting.defaultValue ?? setting.fallback.flatMap(text)
     }
 
     /// The given value, else the default.

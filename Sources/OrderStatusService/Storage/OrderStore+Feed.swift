@@ -8,7 +8,7 @@ extension OrderStore {
         let statement = FeedStatements.Page(after: position, orders: orders.map(Self.sortedIDs), limit: limit)
         return try await bounded {
             var page: FeedPage?
-            for try await (snapshot, event) in try await client.execute(statement, logger: logger) {
+            for try await (snapshot, event) in try await rows(of: statement) {
                 if page == nil { page = FeedPage(snapshot: snapshot, events: []) }
                 if let event { page?.events.append(event) }
             }
@@ -23,7 +23,7 @@ extension OrderStore {
         return try await bounded {
             var snapshot: FeedSnapshot?
             var states: [FeedOrderState] = []
-            for try await (rowSnapshot, state) in try await client.execute(statement, logger: logger) {
+            for try await (rowSnapshot, state) in try await rows(of: statement) {
                 snapshot = rowSnapshot
                 states.append(state)
             }

@@ -14,12 +14,32 @@ public struct OrderStore: Sendable {
     let metrics: DatabaseMetrics
     /// Lets operations fail at once while the database is known to be away.
     let outage = DatabaseOutage()
+    let statements: StatementMode
 
-    public init(client: PostgresClient, logger: Logger, timeout: Duration = .seconds(5), metrics: DatabaseMetrics = DatabaseMetrics()) {
+    public init(
+        client: PostgresClient, logger: Logger, timeout: Duration = .seconds(5), metrics: DatabaseMetrics = DatabaseMetrics(),
+        statements: StatementMode = .prepared
+    ) {
         self.client = client
         self.logger = logger
         self.timeout = timeout
         self.metrics = metrics
+        self.statements = statements
+    }
+
+    /// Runs one of the store's statements the way `statements` says, decoding its rows alike.
+    func rows<Statement: PostgresPreparedStatement>(of statement: Statement) async throws -> AsyncThrowingMapSequence<
+        PostgresRowSequence, Statement.Row
+    > {
+        switch statements {
+        case .prepared:
+            return try await client.execute(statement, logger: logger)
+        case .unnamed:
+            // The unnamed statement's Parse, Bind and Execute go in one Sync: one round trip, and
+            // no statement outlives it, so any server connection of a pooler can run the next one.
+            let query = PostgresQuery(unsafeSQL: Statement.sql, binds: try statement.makeBindings())
+            return try await client.query(query, logger: logger).map { try statement.decodeRow($0) }
+        }
     }
 
     /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`, and
@@ -59,7 +79,7 @@ public struct OrderStore: Sendable {
         // One statement is one transaction: the order, its event and the notification commit together.
         let statement = OrderStatements.Create(id: id.rawValue, status: order.status.rawValue, metadata: order.metadata?.json)
         return try await bounded {
-            for try await created in try await client.execute(statement, logger: logger) {
+            for try await created in try await rows(of: statement) {
                 return created
             }
             throw OrderStoreError.orderExists(id)
@@ -68,7 +88,7 @@ public struct OrderStore: Sendable {
 
     public func order(_ id: OrderID) async throws -> Order? {
         try await bounded {
-            for try await order in try await client.execute(OrderStatements.OrderByID(id: id.rawValue), logger: logger) {
+            for try await order in try await rows(of: OrderStatements.OrderByID(id: id.rawValue)) {
                 return order
             }
             return nil
@@ -91,7 +111,7 @@ public struct OrderStore: Sendable {
             metadata: change.metadata?.json
         )
         return try await bounded {
-            for try await (order, event) in try await client.execute(statement, logger: logger) {
+            for try await (order, event) in try await rows(of: statement) {
                 if let event { return .changed(order, event) }
                 if let allowedVersions, !allowedVersions.contains(order.version) {
                     throw OrderStoreError.versionMismatch(current: order.version)
@@ -111,7 +131,7 @@ public struct OrderStore: Sendable {
         let statement = OrderStatements.EventsAfter(id: id.rawValue, after: after, limit: limit)
         return try await bounded {
             var page: EventPage?
-            for try await (status, version, event) in try await client.execute(statement, logger: logger) {
+            for try await (status, version, event) in try await rows(of: statement) {
                 if page == nil { page = EventPage(orderStatus: status, orderVersion: version, events: []) }
                 if event.0 != nil { page?.events.append(try SQL.event(event)) }
             }
@@ -122,7 +142,7 @@ public struct OrderStore: Sendable {
     /// The order's latest event (its current state), or nil when the order does not exist.
     public func latestEvent(of id: OrderID) async throws -> OrderEvent? {
         try await bounded {
-            for try await event in try await client.execute(OrderStatements.LatestEvent(id: id.rawValue), logger: logger) {
+            for try await event in try await rows(of: OrderStatements.LatestEvent(id: id.rawValue)) {
                 return event
             }
             return nil
@@ -153,6 +173,16 @@ public struct EventPage: Sendable {
     /// The order's version as of the read: the version of its latest event.
     public var orderVersion: Int
     public var events: [OrderEvent]
+}
+
+/// How the store sends its statements (DATABASE_STATEMENTS).
+public enum StatementMode: String, Sendable {
+    /// Named and prepared once per connection: PostgreSQL parses each statement once. A pooler in
+    /// transaction mode (PgBouncer before 1.21) breaks them: the next call may meet a server
+    /// connection that never saw the statement.
+    case prepared
+    /// Parsed and planned on every call, in the call's own round trip: works through any pooler.
+    case unnamed
 }
 
 public enum StatusChangeOutcome: Sendable {
