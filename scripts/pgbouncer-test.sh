@@ -11,7 +11,7 @@
 #                              directly; scripts/test.sh exports one for its throwaway cluster.
 #   ORDER_STATUS_BIN           service binary (default: <repo>/.build/debug/order-status). Never builds.
 #   PGBOUNCER_ST_MAX_EXAMPLES  schemathesis examples per operation (default 60).
-#   PGBOUNCER_TEST_STATEMENTS  DATABASE_STATEMENTS for the service (default: the service's default).
+#   PGBOUNCER_TEST_STATEMENTS  DATABASE_STATEMENTS for the service (default unnamed; prepared fails).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -82,6 +82,12 @@ class PgBouncer:
             self.command = ["runuser", "-u", "postgres", "--", *self.command]
         self.process = None
 
+    @property
+    def pid(self):
+        """PgBouncer's own process id (as root, `process` is runuser's)."""
+        with open(os.path.join(self.directory, "pgbouncer.pid")) as pidfile:
+            return int(pidfile.read())
+
     def url(self, database="order_status"):
         return f"postgres://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
@@ -363,9 +369,15 @@ def check_concurrent_changes(base, orders=12):
         "8 racing If-Match changes: one 200, seven 412")
 
 
+def service_settings(bouncer, direct):
+    """The settings deploy/pgbouncer/README.md gives: the pool through PgBouncer with unnamed
+    statements, the listener direct. PGBOUNCER_TEST_STATEMENTS=prepared shows the failure."""
+    return {"DATABASE_URL": bouncer.url(), "DATABASE_LISTEN_URL": direct,
+            "DATABASE_STATEMENTS": os.environ.get("PGBOUNCER_TEST_STATEMENTS") or "unnamed"}
+
+
 def run_schemathesis(bouncer, direct):
-    environment = dict(os.environ, DATABASE_URL=bouncer.url(), DATABASE_LISTEN_URL=direct,
-                       ST_MAX_EXAMPLES=os.environ.get("PGBOUNCER_ST_MAX_EXAMPLES", "60"))
+    environment = dict(os.environ, **service_settings(bouncer, direct), ST_MAX_EXAMPLES=os.environ.get("PGBOUNCER_ST_MAX_EXAMPLES", "60"))
     started = time.monotonic()
     done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "schemathesis.sh")], env=environment, capture_output=True, text=True)
     summary = [line for line in done.stdout.splitlines() if line.startswith("schemathesis: ")]
@@ -381,10 +393,7 @@ def main():
     try:
         bouncer.start()
         version = subprocess.run([bouncer.binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-        service = ServiceProcess(settings={"DATABASE_URL": bouncer.url(), "DATABASE_LISTEN_URL": direct,
-                                           **({"DATABASE_STATEMENTS": os.environ["PGBOUNCER_TEST_STATEMENTS"]}
-                                              if os.environ.get("PGBOUNCER_TEST_STATEMENTS") else {})},
-                                 name="order-status")
+        service = ServiceProcess(settings=service_settings(bouncer, direct), name="order-status")
         service.start()
         log(f"{version} on 127.0.0.1:{bouncer.port} (pool_mode transaction, config from deploy/pgbouncer/pgbouncer.ini in {bouncer.directory}) "
             f"-> PostgreSQL; order-status on {service.base_url}")

@@ -30,6 +30,41 @@ struct StoreTests {
         }
     }
 
+    /// DATABASE_STATEMENTS=unnamed, for a transaction-mode PgBouncer: every store operation gives
+    /// what it gives prepared, and leaves no named statement on the connection (one, pool of 1) for
+    /// PgBouncer to hand to another client; `prepared` leaves one per statement run.
+    @Test(arguments: [StatementMode.unnamed, .prepared])
+    func everyOperationWorksUnnamedAndLeavesNoStatementOnItsConnection(mode: StatementMode) async throws {
+        try await HubTests.withParts(["DATABASE_POOL_SIZE": "1", "DATABASE_STATEMENTS": mode.rawValue]) { parts in
+            let store = parts.store
+            let (plain, first) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("U"))!))
+            let (tagged, _) = try await store.create(NewOrder(id: OrderID(uniqueOrderID("U"))!, metadata: try Self.metadata(#"{"k":1}"#)))
+            #expect(tagged.metadata == #"{"k":1}"#)
+            let outcome = try await store.changeStatus(
+                of: plain.id, to: StatusChange(status: .paid, metadata: try Self.metadata(#"{"step":1}"#)), allowedVersions: [1])
+            guard case .changed(let paid, let event) = outcome else { throw TestFailure("the change was not written: \(outcome)") }
+            #expect(paid.version == 2 && event.metadata == #"{"step":1}"#)
+            await #expect(throws: OrderStoreError.versionMismatch(current: 2)) {
+                try await store.changeStatus(of: plain.id, to: StatusChange(status: .processing), allowedVersions: [1])
+            }
+            #expect(try await store.order(plain.id) == paid)
+            #expect(try await store.latestEvent(of: plain.id) == event)
+            #expect(try await store.events(of: plain.id, after: 0, limit: 10)?.events == [first, event])
+            let (_, states) = try await store.feedOrders([plain.id, tagged.id])
+            #expect(Set(states.filter(\.exists).map(\.id)) == [plain.id, tagged.id])
+            // Another test's open transaction may hold the newest events back: a prefix, then.
+            let page = try await store.feedPage(after: .start, orders: [plain.id], limit: 10)
+            #expect([first, event].starts(with: page.events.map(\.event)))
+            var named: [Int] = []
+            for try await count in try await parts.postgres.query(
+                "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'OrderStatusService.%'", logger: testLogger
+            ).decode(Int.self) {
+                named.append(count)
+            }
+            #expect(named == [mode == .unnamed ? 0 : 7], "statements prepared on the pool's one connection")
+        }
+    }
+
     /// Every change's notification carries its event exactly as the table gives it back, so a
     /// listener can deliver it without a read; metadata at the contract's size limit included.
     @Test func notificationsCarryTheEventAsTheTableHoldsIt() async throws {

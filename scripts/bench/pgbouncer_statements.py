@@ -61,7 +61,7 @@ class Sampler:
 
     def _run(self):
         while self.running:
-            self.samples.append((time.monotonic(), cluster_ticks(self.pgdata), ticks(self.bouncer.process.pid, False) if self.bouncer else 0))
+            self.samples.append((time.monotonic(), cluster_ticks(self.pgdata), ticks(self.bouncer.pid, False) if self.bouncer else 0))
             time.sleep(0.05)
 
     def stop(self):
