@@ -1,7 +1,8 @@
 """The whole contract through a real PgBouncer (Debian's package) in transaction mode, configured by
 deploy/pgbouncer/pgbouncer.ini (only its addresses, ports and paths substituted). The service's
 request pool goes through PgBouncer (DATABASE_URL); its LISTEN connection goes straight to
-PostgreSQL (DATABASE_LISTEN_URL). Run through scripts/pgbouncer-test.sh. Checks:
+PostgreSQL (DATABASE_LISTEN_URL), on a database of its own made for the run, so the migrations
+go through PgBouncer too. Run through scripts/pgbouncer-test.sh. Checks:
   - the pool's connections reach PostgreSQL through PgBouncer and the listener's does not;
   - REST, a stream and its Last-Event-ID replay, a held poll answered by a change, a feed resumed
     from its cursor and a held feed poll;
@@ -386,8 +387,21 @@ def run_schemathesis(bouncer, direct):
     log(f"schemathesis through PgBouncer: {'; '.join(summary)} ({time.monotonic() - started:.0f} s)")
 
 
+def fresh_database(server_url):
+    """A new database on DATABASE_URL's server, so the migrations run through PgBouncer too."""
+    name = f"order_status_pgbouncer_{uuid.uuid4().hex[:8]}"
+    psql(database_on(server_url, "postgres"), f"CREATE DATABASE {name}")
+    return database_on(server_url, name), name
+
+
+def database_on(url, name):
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
 def main():
-    direct = database_url()
+    server = database_url()
+    direct, database = fresh_database(server)
     bouncer = PgBouncer(direct)
     service = None
     try:
@@ -396,7 +410,7 @@ def main():
         service = ServiceProcess(settings=service_settings(bouncer, direct), name="order-status")
         service.start()
         log(f"{version} on 127.0.0.1:{bouncer.port} (pool_mode transaction, config from deploy/pgbouncer/pgbouncer.ini in {bouncer.directory}) "
-            f"-> PostgreSQL; order-status on {service.base_url}")
+            f"-> PostgreSQL, database {database} (new: migrated through PgBouncer); order-status on {service.base_url}")
         check_connections(bouncer, direct, service)
         order_id = check_rest(service.base_url)
         check_stream_and_replay(service.base_url, order_id)
@@ -422,6 +436,7 @@ def main():
             service.remove_log()
         bouncer.stop()
         bouncer.remove()
+        psql(database_on(server, "postgres"), f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", check_status=False)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ public struct OrderStore: Sendable {
     }
 
     /// Runs one of the store's statements the way `statements` says, decoding its rows alike.
-    func rows<Statement: PostgresPreparedStatement>(of statement: Statement) async throws -> AsyncThrowingMapSequence<
-        PostgresRowSequence, Statement.Row
-    > {
+    func rows<Statement: PostgresPreparedStatement>(of statement: Statement) async throws -> DecodedRows<Statement.Row> {
         switch statements {
         case .prepared:
             return try await client.execute(statement, logger: logger)
@@ -174,6 +172,9 @@ public struct EventPage: Sendable {
     public var orderVersion: Int
     public var events: [OrderEvent]
 }
+
+/// A statement's rows as postgres-nio's `execute` gives them, decoded by the statement.
+typealias DecodedRows<Row> = AsyncThrowingMapSequence<PostgresRowSequence, Row>
 
 /// How the store sends its statements (DATABASE_STATEMENTS).
 public enum StatementMode: String, Sendable {
