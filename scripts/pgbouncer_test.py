@@ -9,6 +9,8 @@ go through PgBouncer too. Run through scripts/pgbouncer-test.sh. Checks:
   - concurrent status changes from many clients over PgBouncer's shared server connections: every
     stream gets each of its order's events once, in order; of racing changes with the same
     If-Match exactly one wins and the others get 412;
+  - with named prepared statements (DATABASE_STATEMENTS=prepared, the default) requests fail
+    with 500 and the log names the setting to change;
   - schemathesis (scripts/schemathesis.sh) against a service configured the same way.
 On the store's named prepared statements (DATABASE_STATEMENTS=prepared) this test fails: a
 statement prepared on one server connection is missing, or already exists, on the next."""
@@ -370,6 +372,51 @@ def check_concurrent_changes(base, orders=12):
         "8 racing If-Match changes: one 200, seven 412")
 
 
+def walk_at_once(base, count, prefix):
+    """`count` orders created, then each walked through LIFECYCLE by its own thread, all at once;
+    returns the answers other than 200 as (status, body)."""
+    ids = [f"{prefix}-{index}-{uuid.uuid4().hex[:8]}" for index in range(count)]
+    refused = []
+    for order_id in ids:
+        status, _, body = request(base, "POST", "/orders", {"id": order_id}, {"Content-Type": "application/json"})
+        if status != 201:
+            refused.append((status, body))
+
+    def walk(order_id):
+        for status in LIFECYCLE:
+            code, _, body = request(base, "POST", f"/orders/{order_id}/status", {"status": status}, {"Content-Type": "application/json"})
+            if code != 200:
+                refused.append((code, body))
+
+    walkers = [threading.Thread(target=walk, args=(order_id,)) for order_id in ids]
+    for walker in walkers:
+        walker.start()
+    for walker in walkers:
+        walker.join(timeout=60)
+    return refused
+
+
+def check_prepared_statements_are_named_in_the_log(bouncer, direct):
+    """The default, named prepared statements, behind the same PgBouncer: requests fail (500), and
+    the log names the setting to change, so a deployment that forgot it learns why."""
+    settings = dict(service_settings(bouncer, direct), DATABASE_STATEMENTS="prepared")
+    service = ServiceProcess(settings=settings, name="order-status-prepared").start()
+    try:
+        refused = []
+        for _ in range(3):
+            refused += walk_at_once(service.base_url, 12, "bouncer-prepared")
+            if refused:
+                break
+        check(refused, "named prepared statements behind a transaction-mode PgBouncer did not fail: is PgBouncer pooling by transaction?")
+        check(all(status == 500 for status, _ in refused), f"the failures were not 500s: {sorted({status for status, _ in refused})}")
+        hint = "set DATABASE_STATEMENTS=unnamed"
+        wait_until("the service to log the hint", lambda: hint in open(service.log.name, errors="replace").read(), timeout=5)
+        log(f"DATABASE_STATEMENTS=prepared behind PgBouncer: {len(refused)} request(s) failed with 500; the log says to {hint}")
+    finally:
+        service.stop()
+        service.remove_log()
+
+
 def service_settings(bouncer, direct):
     """The settings deploy/pgbouncer/README.md gives: the pool through PgBouncer with unnamed
     statements, the listener direct. PGBOUNCER_TEST_STATEMENTS=prepared shows the failure."""
@@ -421,6 +468,7 @@ def main():
         clients = [client for client in bouncer.show("CLIENTS") if client["database"] == "order_status"]
         log(f"PgBouncer served {len(clients)} client connection(s) of the service over {len(servers)} server connection(s)")
         service.stop()
+        check_prepared_statements_are_named_in_the_log(bouncer, direct)
         run_schemathesis(bouncer, direct)
         log("passed")
         return 0

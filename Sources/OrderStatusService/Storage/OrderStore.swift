@@ -27,11 +27,23 @@ public struct OrderStore: Sendable {
         self.statements = statements
     }
 
+    /// invalid_sql_statement_name and duplicate_prepared_statement.
+    static let statementClash: Set<String> = ["26000", "42P05"]
+
     /// Runs one of the store's statements the way `statements` says, decoding its rows alike.
     func rows<Statement: PostgresPreparedStatement>(of statement: Statement) async throws -> DecodedRows<Statement.Row> {
         switch statements {
         case .prepared:
-            return try await client.execute(statement, logger: logger)
+            do {
+                return try await client.execute(statement, logger: logger)
+            } catch let error as PSQLError where Self.statementClash.contains(error.serverInfo?[.sqlState] ?? "") {
+                // A named statement missing, or already there, on a connection that prepared it
+                // (or never did): only a pooler that moves sessions does that. Say what to set.
+                logger.error(
+                    "a prepared statement was missing or already present on its connection: DATABASE_URL looks like a transaction-mode pooler such as PgBouncer; set DATABASE_STATEMENTS=unnamed",
+                    metadata: ["sql_state": "\(error.serverInfo?[.sqlState] ?? "")"])
+                throw error
+            }
         case .unnamed:
             // The unnamed statement's Parse, Bind and Execute go in one Sync: one round trip, and
             // no statement outlives it, so any server connection of a pooler can run the next one.
