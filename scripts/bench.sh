@@ -6,6 +6,7 @@
 #   scripts/bench.sh                     the fixed suite (about 10 minutes after the build)
 #   scripts/bench.sh idle fanout         some scenarios only
 #   scripts/bench.sh stalled-headers stalled-streams descriptors   stalled connections (not in the fixed suite)
+#   scripts/bench.sh listeners           PostgreSQL's CPU per listening instance, NOTIFY's ceiling (not in the fixed suite, ~15 min)
 #   BENCH_SKIP_BUILD=1 scripts/bench.sh  use the binaries already in .build-release
 set -euo pipefail
 
@@ -178,7 +179,13 @@ for scenario in "${SCENARIOS[@]}"; do
             run_load stalled --kind headers --connections 320 --close-within 60
             SERVICE_NOFILE=""
             ;;
-        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors)"; exit 2 ;;
+        # Issue 14: what each listening instance costs PostgreSQL per change, and the write ceiling
+        # with NOTIFY (BENCHMARKS.md, "Listeners"). Its own cluster, so that only its processes are counted.
+        listeners)
+            ORDER_STATUS_BIN="$BIN" bash scripts/listener-capacity.sh | tee "$WORK/listeners.out" || FAILED+=(listeners)
+            grep '^RESULT ' "$WORK/listeners.out" >> "$RESULTS" || true
+            ;;
+        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors, listeners)"; exit 2 ;;
     esac
 done
 
