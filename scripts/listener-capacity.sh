@@ -31,8 +31,14 @@ fi
 export ORDER_STATUS_BIN
 
 PGDATA_DIR="$(mktemp -d /tmp/order-status-listeners-pg.XXXXXX)"
+DRIVER_PID=""
 cleanup() {
     local rc=$?
+    # The driver stops its instances and pgbench on SIGTERM before the cluster goes.
+    if [[ -n "$DRIVER_PID" ]] && kill -0 "$DRIVER_PID" 2>/dev/null; then
+        kill -TERM "$DRIVER_PID" 2>/dev/null || true
+        wait "$DRIVER_PID" 2>/dev/null || true
+    fi
     [[ -f "$PGDATA_DIR/PG_VERSION" ]] && PG_SCRIPTS_QUIET=1 pg_stop "$PGDATA_DIR" || true
     rm -rf "$PGDATA_DIR"
     return "$rc"
@@ -51,4 +57,6 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/order_status_listene
 PGBIN="$(pg_bin_dir)"
 export PGBIN PGDATA_DIR
 "$ORDER_STATUS_BIN" migrate > /dev/null
-python3 "$ROOT/scripts/listener_capacity.py"
+python3 "$ROOT/scripts/listener_capacity.py" &
+DRIVER_PID=$!
+wait "$DRIVER_PID"

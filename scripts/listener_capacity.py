@@ -147,7 +147,7 @@ def measure(script, clients, window, rate=None, services=()):
             raise CheckFailed("pgbench ended before the window closed")
     finally:
         if pgbench.poll() is None:
-            pgbench.send_signal(signal.SIGINT)
+            pgbench.terminate()
         pgbench.wait()
     output.seek(0)
     text = output.read()
@@ -328,6 +328,8 @@ def main():
 
 
 if __name__ == "__main__":
+    # SIGTERM (the wrapper's cleanup) unwinds like an error, so the instances and pgbench are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main()
     except CheckFailed as failure:
