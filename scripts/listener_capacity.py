@@ -9,7 +9,7 @@ cluster's processes (the postmaster with the children it reaped, and each live c
 inside each pgbench run, split by pg_stat_activity's application_name into the writing backends,
 the listener backends and the rest.
 
-Phases (each point repeated LISTENER_ROUNDS times, rounds alternating so drift falls on every point):
+Phases (each point repeated LISTENER_ROUNDS times; the ladder goes up, then down, so drift falls on every count):
   ceiling   0 listeners, pgbench flat out with 1, 4 and 16 clients, with and without pg_notify,
             with the throwaway cluster's settings (fsync off) and durable ones (fsync, synchronous_commit on)
   ladder    1, 2, 4, 8, 16 listeners (and 0): a fixed rate (cost per change), then flat out (ceiling)
@@ -32,8 +32,8 @@ PGBIN = os.environ["PGBIN"]
 PGDATA = os.environ["PGDATA_DIR"]
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 ROUNDS = int(os.environ.get("LISTENER_ROUNDS", "2"))
-# The fixed rate of the cost points: low enough that every listener wakes for each notification
-# on its own (the worst case per notification; near the ceiling a wake-up reads several).
+# The fixed rate of the cost points: low enough that a listener mostly wakes for each notification
+# on its own (the dear case per notification; near the ceiling a wake-up reads several).
 RATE = int(os.environ.get("LISTENER_RATE", "200"))
 RATE_WINDOW = float(os.environ.get("LISTENER_RATE_SECONDS", "20"))
 CEILING_WINDOW = float(os.environ.get("LISTENER_CEILING_SECONDS", "8"))
