@@ -137,11 +137,13 @@ run_pgbench() {
     echo "RESULT pgbench clients=$clients changes_per_s=${tps%.*} avg_ms=$latency postgres_cpu_us=$database_us client_cpu_us=$client_us" >> "$RESULTS"
 }
 
-# CPU clock ticks used so far by every process named postgres, with those of exited backends
-# (pgbench's), which the postmaster has reaped into its children's times.
+# CPU clock ticks used so far by this bench's cluster: its postmaster, with the exited backends
+# (pgbench's) it has reaped into its children's times, and each live child. Only this cluster's:
+# other PostgreSQL servers on the machine would inflate the figure.
 postgres_cpu_ticks() {
-    local total=0 pid
-    for pid in $(pgrep -x postgres); do
+    local total=0 pid postmaster
+    postmaster="$(head -n 1 "$PGDATA_DIR/postmaster.pid")"
+    for pid in "$postmaster" $(pgrep -P "$postmaster"); do
         total=$(( total + $(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
     done
     echo "$total"
