@@ -16,6 +16,7 @@ event of its order (or, for a feed, of each order in it) exactly once and in ord
 every order all hold the same sequence."""
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -118,6 +119,23 @@ class HAProxy:
         except FileNotFoundError:
             return []
 
+    def stream_head_times(self, since, until):
+        """From HAProxy's log: for order streams accepted between the wall-clock times `since` and
+        `until`, each one's Tr, the milliseconds the instance took to send the response head."""
+        line_pattern = re.compile(r"\[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] \S+ \S+ -?\d+/-?\d+/-?\d+/(-?\d+)/-?\d+ 200 .*\"GET /events/order-status/")
+        times = []
+        try:
+            with open(self.access_log_path, errors="replace") as access:
+                for line in access:
+                    found = line_pattern.search(line)
+                    if found:
+                        accepted = datetime.datetime.strptime(found.group(1), "%d/%b/%Y:%H:%M:%S.%f").timestamp()
+                        if since <= accepted <= until and int(found.group(2)) >= 0:
+                            times.append(int(found.group(2)) / 1000)
+        except FileNotFoundError:
+            pass
+        return times
+
     def start(self):
         checked = subprocess.run([self.binary, "-c", "-f", self.config_path], capture_output=True, text=True)
         check(checked.returncode == 0, f"haproxy -c refused the configuration:\n{checked.stdout}{checked.stderr}")
@@ -179,14 +197,25 @@ class HAProxy:
 async def open_exchange(port, method, path, headers=None, body=None, timeout=10.0):
     """Sends one request on a fresh connection; returns (status, lowercase headers, reader, writer)
     once the response head is in."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    data = json.dumps(body).encode() if body is not None else b""
+    head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body is not None:
+        head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    # Connected and written in one step, as a browser does: on a loaded machine an event loop that
+    # comes back late to a finished connect would leave HAProxy an empty connection past its
+    # `timeout http-request` (408). On loopback both calls return at once.
+    connection = socket.socket()
     try:
-        data = json.dumps(body).encode() if body is not None else b""
-        head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
-        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        if body is not None:
-            head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        connection.settimeout(timeout)
+        connection.connect(("127.0.0.1", port))
+        connection.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        connection.setblocking(False)
+    except BaseException:
+        connection.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=connection)
+    try:
         status_line = await asyncio.wait_for(reader.readline(), timeout)
         if not status_line:
             raise ConnectionResetError("the connection closed before a response")
@@ -376,6 +405,8 @@ class Writers:
         self.errors = []
         self.posted = 0
         self.answered_at = {}
+        # (when the 2xx came, how long the POST took) for every successful POST
+        self.completions = []
 
     async def change(self, order_id, status, port=None, phase=""):
         for _ in range(30):
@@ -388,17 +419,28 @@ class Writers:
                 if answer == 200:
                     self.posted += 1
                     self.answered_at[(order_id, status)] = started
+                    self.completions.append((time.monotonic(), time.monotonic() - started))
                     return
                 self.errors.append((phase, f"POST {order_id} {status}: {answer} {data[:200]!r}"))
             await asyncio.sleep(0.2)
         raise CheckFailed(f"POST {order_id} {status} never succeeded: {self.errors[-3:]}")
 
     async def create(self, order_id, phase=""):
-        answer, data = await exchange(self.port, "POST", "/orders", {"id": order_id})
+        started = time.monotonic()
+        try:
+            answer, data = await exchange(self.port, "POST", "/orders", {"id": order_id})
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as failure:
+            self.errors.append((phase, f"POST /orders {order_id}: {failure!r}"))
+            return False
         if answer != 201:
             self.errors.append((phase, f"POST /orders {order_id}: {answer} {data[:200]!r}"))
-        else:
-            self.posted += 1
+            return False
+        self.posted += 1
+        self.completions.append((time.monotonic(), time.monotonic() - started))
+        return True
+
+    def completed_between(self, start, end):
+        return sum(1 for moment, _ in self.completions if start < moment <= end)
 
     async def paced(self, changes, seconds, phase):
         """`changes` [(order, status)] spread evenly over about `seconds` by WRITERS at once."""
@@ -473,9 +515,14 @@ class Scenario:
         return [await asyncio.to_thread(metric, instance.base_url, "order_status_open_streams") for instance in self.instances]
 
     async def wait_servers_up(self, timeout=30):
-        await until("HAProxy to see all four instances UP",
-                    lambda: (lambda states: len(states) == 4 and all(state == "UP" for state in states.values()))(self.haproxy.servers()),
-                    timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            # In a thread: the stats socket of a busy HAProxy may take a while, and the clients must go on.
+            states = await asyncio.to_thread(self.haproxy.servers)
+            if len(states) == 4 and all(state == "UP" for state in states.values()):
+                return
+            check(time.monotonic() < deadline, f"HAProxy did not see all four instances UP within {timeout} s: {states}")
+            await asyncio.sleep(0.1)
 
     def spawn(self, client):
         self.tasks.append(asyncio.create_task(client.run()))
@@ -549,12 +596,15 @@ class Scenario:
         writing = asyncio.create_task(writers.paced([(order_id, "processing") for order_id in self.orders], total_write_seconds, "storm"))
         await asyncio.sleep(1.0)
         before = await asyncio.to_thread(database_counters)
+        before_at = time.monotonic()
         await asyncio.sleep(COST_WINDOW_SECONDS)
         at_kill = await asyncio.to_thread(database_counters)
+        at_kill_at = time.monotonic()
         held = await self.open_metrics()
         victim_index = min(range(4), key=lambda index: abs(held[index] - sum(held) / 4))
         victim = self.instances[victim_index]
         killed_at = time.monotonic()
+        self.killed_wall = time.time()
         victim.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(victim.process.wait)
         streams_on_victim = held[victim_index]
@@ -574,16 +624,23 @@ class Scenario:
         window = max(COST_WINDOW_SECONDS, max(live_again) + 0.5)
         await asyncio.sleep(max(0.0, window - (time.monotonic() - killed_at)))
         after = await asyncio.to_thread(database_counters)
+        after_at = time.monotonic()
         await writing
         storm_errors = [error for phase, error in writers.errors if phase == "storm"]
         client_errors = [(client.label, error) for client in self.clients for moment, error in client.errors if moment > killed_at]
-        scale = window / COST_WINDOW_SECONDS
-        cost = {name: round((after[name] - at_kill[name]) - (at_kill[name] - before[name]) * scale) for name in ("sessions", "commits", "rows", "blocks")}
+        # What the writes cost per POST, from the window before the kill; the window from the kill
+        # minus that many POSTs' worth is what the reconnects cost. Each psql snapshot is one session.
+        posts_before = writers.completed_between(before_at, at_kill_at)
+        posts_after = writers.completed_between(at_kill_at, after_at)
+        cost = {name: round((after[name] - at_kill[name]) - (at_kill[name] - before[name]) * posts_after / max(1, posts_before))
+                for name in ("commits", "rows", "blocks")}
+        cost["sessions"] = after["sessions"] - at_kill["sessions"] - 1
         log(f"storm: SIGKILL to {victim.name}, holding {streams_on_victim:.0f} of {sum(held):.0f} streams, while {WRITERS} writers POST "
             f"through HAProxy; {len(dropped)} clients dropped, every one live again on the other three: from the kill p50 "
             f"{milliseconds(percentile(live_again, 0.5))}, p99 {milliseconds(percentile(live_again, 0.99))}, max {milliseconds(max(live_again))}")
-        log(f"storm cost to PostgreSQL (pg_stat_database, the {window:.1f} s from the kill minus the {COST_WINDOW_SECONDS:g} s before "
-            f"scaled to that, writes going on in both): {cost['sessions']} new sessions, {cost['commits']} transactions, {cost['rows']} rows read, "
+        log(f"storm cost to PostgreSQL (pg_stat_database over the {window:.1f} s from the kill, less the cost of its {posts_after} POSTs "
+            f"at the rate of the {posts_before} POSTs in the {COST_WINDOW_SECONDS:g} s before): {cost['sessions']} new sessions, "
+            f"{cost['commits']} transactions, {cost['rows']} rows read, "
             f"{cost['blocks']} block reads; backends {at_kill['backends']} -> {after['backends']}; per resumed client "
             f"{cost['commits'] / len(dropped):.2f} transactions, {cost['rows'] / len(dropped):.1f} rows")
         log(f"storm: error responses to clients' reconnects: {len(client_errors)}" + (f" (first: {client_errors[0]})" if client_errors else "")
@@ -639,7 +696,9 @@ class Scenario:
         check(not client_errors, f"{len(client_errors)} client (re)connects got an error response during the rolling restart: {client_errors[:5]}")
         balancer_errors = self.haproxy.responses_of_status("5")[balancer_errors_before:]
         check(not balancer_errors, f"HAProxy logged {len(balancer_errors)} 5xx answers during the rolling restart: {balancer_errors[:3]}")
-        log(f"rolling restart of all four under writes in {duration:.1f} s: {writers.posted} POSTs ({len(created)} creations), "
+        latencies = [took for _, took in writers.completions]
+        log(f"rolling restart of all four under writes in {duration:.1f} s: {writers.posted} POSTs ({len(created)} creations; "
+            f"latency p50 {milliseconds(percentile(latencies, 0.5))}, p99 {milliseconds(percentile(latencies, 0.99))}), "
             f"{reconnects} client reconnects, no error response to any of them")
         self.rolling_figures = (duration, writers.posted, reconnects)
 
@@ -683,7 +742,16 @@ class Scenario:
         log(f"exactly once, in order: {len(self.streams)} streams, {len(self.polls)} polls, {len(self.feeds_of_orders)} feeds of orders "
             f"and {len(self.feeds_of_every_order)} feeds of every order (one sequence of {total} events) match order_events")
 
+    async def watch_lag(self):
+        """The event loop's worst lateness: on a loaded machine the clients' own timings include it."""
+        while True:
+            planned = time.monotonic() + 0.1
+            await asyncio.sleep(0.1)
+            self.worst_lag = max(self.worst_lag, time.monotonic() - planned)
+
     async def run(self):
+        self.worst_lag = 0.0
+        self.tasks.append(asyncio.create_task(self.watch_lag()))
         await self.start()
         await self.open_clients()
         quiet_from = time.monotonic()
@@ -697,6 +765,10 @@ class Scenario:
         quiet = [client.label for client in self.clients if any(moment > quiet_from for moment, _ in client.drops)]
         check(not quiet, f"{len(quiet)} clients dropped after the rolling restart: {quiet[:3]}")
         self.verify(expected, total)
+        heads = self.haproxy.stream_head_times(self.killed_wall, self.killed_wall + self.storm_figures[2] + 0.5)
+        if heads:
+            log(f"storm, from HAProxy's log: the {len(heads)} stream reconnects after the kill waited for their response head "
+                f"(the instance's replay read) p50 {milliseconds(percentile(heads, 0.5))}, p99 {milliseconds(percentile(heads, 0.99))}")
 
     def cleanup(self, failed):
         for task in self.tasks:
@@ -738,7 +810,8 @@ def main():
         scenario = Scenario()
         asyncio.run(scenario.run())
         failed = False
-        log(f"run time {time.monotonic() - started:.0f} s")
+        log(f"run time {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+            f"the clients' event loop ran up to {milliseconds(scenario.worst_lag)} late")
         log("passed")
         return 0
     except CheckFailed as failure:
