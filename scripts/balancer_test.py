@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 
 from live_service import ROOT, CheckFailed, ServiceProcess, check, database_url, free_port, metric, say
@@ -816,6 +817,9 @@ def main():
         return 0
     except CheckFailed as failure:
         log(f"FAILED: {failure}")
+        return 1
+    except Exception:
+        log(f"FAILED: the test itself broke:\n{traceback.format_exc()}")
         return 1
     finally:
         if scenario is not None:
