@@ -229,4 +229,35 @@ struct ResilienceTests {
             #expect(clock.now - start < .seconds(5), "shutdown took \(clock.now - start)")
         }
     }
+
+    /// Behind a balancer (deploy/four-instances): SIGTERM first turns /readyz to 503 for
+    /// SHUTDOWN_UNREADY_SECONDS while the instance serves as usual, so the health check moves new
+    /// requests elsewhere before any stream or poll is refused or ended.
+    @Test func sigtermReportsUnreadyWhileStillServingBeforeStreamsEnd() async throws {
+        try await ChildProcesses.with { children in
+            let process = try await ServiceProcess(
+                on: children, databaseURL: TestDatabase.url,
+                settings: ["SHUTDOWN_TIMEOUT_SECONDS": "10", "SHUTDOWN_SPREAD_SECONDS": "0.5", "SHUTDOWN_UNREADY_SECONDS": "3"])
+            let service = process.service
+            let id = uniqueOrderID("U")
+            try await service.createOrder(id)
+            let early = try await Self.openStreams(service, [id])[0]
+            let clock = ContinuousClock()
+            let start = clock.now
+            process.signal(SIGTERM)
+            try await eventually("readyz reports the drain") { try await service.get("/readyz").status == 503 }
+            // Still serving: a new stream is admitted and both get a change made now.
+            let late = try await Self.openStreams(service, [id])[0]
+            #expect(try await service.changeStatus(id, to: "paid").status == 200)
+            // Read while the instance still serves: once the pause is over it closes its port.
+            let expected = Array(try await service.eventIDs(of: id).dropFirst())
+            #expect(clock.now - start < .seconds(3), "the checks above ran inside the unready pause")
+            for stream in [early, late] {
+                let events = try await stream.readToEnd(within: .seconds(8))
+                #expect(events.map(\.id) == expected, "the change, then the end")
+            }
+            #expect(clock.now - start >= .seconds(3), "streams end only after the unready pause: \(clock.now - start)")
+            #expect(try await process.waitForExit(within: .seconds(10)) == 0, "\(process.log)")
+        }
+    }
 }

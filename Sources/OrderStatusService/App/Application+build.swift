@@ -30,7 +30,8 @@ public struct ServiceParts: Sendable {
                 streamBufferCapacity: settings.streamBufferFrames,
                 maximumStreams: settings.maximumStreams,
                 maximumPolls: settings.maximumPolls,
-                shutdownSpread: settings.shutdownSpread
+                shutdownSpread: settings.shutdownSpread,
+                shutdownUnready: settings.shutdownUnready
             ),
             metrics: metrics.delivery,
             logger: logger
@@ -84,7 +85,7 @@ public func buildApplication(
         .addRoutes(to: router.group().authorized(by: authorization))
     FeedController(store: parts.store, hub: parts.hub, retry: retry, bufferCapacity: settings.streamBufferFrames * FeedSubscribers.bufferMultiple)
         .addRoutes(to: router.group().authorized(by: authorization))
-    HealthController(store: parts.store, listener: parts.listener, registry: parts.metrics.registry).addRoutes(to: router)
+    HealthController(store: parts.store, listener: parts.listener, hub: parts.hub, registry: parts.metrics.registry).addRoutes(to: router)
     LivePageController().addRoutes(to: router)
 
     // Headers are capped well below NIO's 80 KiB default; the idle timeout closes connections that

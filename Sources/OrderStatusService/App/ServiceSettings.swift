@@ -27,6 +27,8 @@ public struct ServiceSettings: Sendable {
     public var databaseTimeout: Duration
     public var sseRetryJitterPercent: Int
     public var shutdownSpread: Duration
+    /// How long shutdown answers /readyz with 503 while serving as usual, before streams end.
+    public var shutdownUnready: Duration
     public var requestIdleTimeout: Duration
     /// Bound on receiving one whole request, from its first byte to its end.
     public var requestReadTimeout: Duration
@@ -85,6 +87,14 @@ public struct ServiceSettings: Sendable {
         shutdownSpread = .milliseconds(Int64(number * 1000))
         guard shutdownSpread < shutdownTimeout else {
             throw ConfigurationError("SHUTDOWN_SPREAD_SECONDS must be shorter than SHUTDOWN_TIMEOUT_SECONDS")
+        }
+        let unready = try source.required("SHUTDOWN_UNREADY_SECONDS")
+        guard let unreadySeconds = Double(unready), unreadySeconds >= 0, unreadySeconds <= 3600 else {
+            throw ConfigurationError("SHUTDOWN_UNREADY_SECONDS must be a number of seconds from 0, not '\(unready)'")
+        }
+        shutdownUnready = .milliseconds(Int64(unreadySeconds * 1000))
+        guard shutdownUnready + shutdownSpread < shutdownTimeout else {
+            throw ConfigurationError("SHUTDOWN_UNREADY_SECONDS plus SHUTDOWN_SPREAD_SECONDS must be shorter than SHUTDOWN_TIMEOUT_SECONDS")
         }
         requestIdleTimeout = try source.seconds("REQUEST_IDLE_TIMEOUT_SECONDS")
         requestReadTimeout = try source.seconds("REQUEST_READ_TIMEOUT_SECONDS")

@@ -70,6 +70,9 @@ public struct Setting: Sendable, Hashable {
             Setting("MIGRATIONS_DIR", "a folder of numbered .sql migrations to apply instead of those built into the binary"),
             Setting("SHUTDOWN_TIMEOUT_SECONDS", default: "10", "bound on graceful shutdown"),
             Setting("SHUTDOWN_SPREAD_SECONDS", default: "2", "window over which shutdown ends open streams"),
+            Setting(
+                "SHUTDOWN_UNREADY_SECONDS", default: "0",
+                "on SIGTERM, /readyz answers 503 this long, serving as usual, before streams end (a balancer's check interval times its fall count)"),
             Setting("REQUEST_IDLE_TIMEOUT_SECONDS", default: "60", "a connection with no request in flight for this long is closed"),
             Setting(
                 "REQUEST_READ_TIMEOUT_SECONDS", default: "10",

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 /// Owns every live subscriber of this process, SSE streams and held long polls, grouped by order.
 ///
@@ -18,16 +19,20 @@ public actor OrderEventHub: Service {
         public var maximumPolls: Int
         /// Shutdown ends streams spread over this window, so their clients do not all reconnect at once.
         public var shutdownSpread: Duration
+        /// Shutdown first only reports unready (`isDraining`) this long, serving as usual, so a
+        /// balancer's health check moves new requests elsewhere before anything is refused or ended.
+        public var shutdownUnready: Duration
 
         public init(
             heartbeatInterval: Duration = .seconds(15), streamBufferCapacity: Int = 256, maximumStreams: Int = 20_000,
-            maximumPolls: Int = 20_000, shutdownSpread: Duration = .seconds(2)
+            maximumPolls: Int = 20_000, shutdownSpread: Duration = .seconds(2), shutdownUnready: Duration = .zero
         ) {
             self.heartbeatInterval = heartbeatInterval
             self.streamBufferCapacity = streamBufferCapacity
             self.maximumStreams = maximumStreams
             self.maximumPolls = maximumPolls
             self.shutdownSpread = shutdownSpread
+            self.shutdownUnready = shutdownUnready
         }
     }
 
@@ -100,6 +105,9 @@ public actor OrderEventHub: Service {
     private nonisolated let streamPlaces: AdmissionLimit
     private nonisolated let pollPlaces: AdmissionLimit
     private(set) var isShuttingDown = false
+    /// Set the moment graceful shutdown begins, before the unready pause: `/readyz` answers 503 from then on.
+    private nonisolated let draining = Atomic<Bool>(false)
+    public nonisolated var isDraining: Bool { draining.load(ordering: .relaxed) }
     /// What the hub's run loop acts on: reads to start, and streams whose clients left.
     enum Work {
         case read(OrderID, generation: Int)
@@ -108,6 +116,8 @@ public actor OrderEventHub: Service {
         /// Re-read the feed after a pause: committed events wait behind an unfinished transaction.
         case retryFeed(after: Duration)
         case feedDeparture(subscriber: Int)
+        /// Graceful shutdown began: end every subscriber once the unready pause has passed.
+        case drain
     }
     private nonisolated let inbox: AsyncStream<Work>
     nonisolated let inboxSource: AsyncStream<Work>.Continuation
@@ -142,13 +152,20 @@ public actor OrderEventHub: Service {
                             await self.feedRetryFired()
                         }
                     case .feedDeparture(let id): self.unsubscribeFeed(id: id)
+                    case .drain:
+                        // Reads and deliveries go on during the pause; ending the inbox then ends the loop.
+                        group.addTask { [pause = configuration.shutdownUnready, inboxSource] in
+                            try? await Task.sleep(for: pause)
+                            inboxSource.finish()
+                        }
                     }
                 }
                 await self.closeAllSubscribers()
                 group.cancelAll()
             }
         } onGracefulShutdown: {
-            self.inboxSource.finish()
+            self.draining.store(true, ordering: .relaxed)
+            self.inboxSource.yield(.drain)
         }
     }
 

@@ -6,6 +6,7 @@ import Prometheus
 struct HealthController<Context: RequestContext> {
     let store: OrderStore
     let listener: NotificationListener
+    let hub: OrderEventHub
     let registry: PrometheusCollectorRegistry
 
     func addRoutes(to router: Router<Context>) {
@@ -19,6 +20,10 @@ struct HealthController<Context: RequestContext> {
     }
 
     @Sendable func readyz(_ request: Request, context: Context) async throws -> Response {
+        // First, so a balancer stops sending new requests while this instance still serves them.
+        guard !hub.isDraining else {
+            throw Problem.unavailable("This instance is shutting down.")
+        }
         do {
             try await store.ping(within: .seconds(2))
         } catch {
