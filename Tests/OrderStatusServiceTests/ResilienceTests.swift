@@ -1,5 +1,6 @@
 import Foundation
 import PostgresNIO
+import ServiceLifecycle
 import Testing
 
 @testable import OrderStatusService
@@ -166,6 +167,74 @@ struct ResilienceTests {
                 #expect(took.reduce(.zero, +) < .seconds(8), "\(took)")
                 try await cluster.start()
                 try await eventually("reads answer again", within: .seconds(30)) { try await service.get("/orders/\(id)").status == 200 }
+            }
+        }
+    }
+
+    /// postgres-nio never answers a query written after its connection closed. The listener's
+    /// ping must still end within its timeout: otherwise the listener stays "listening" on a dead
+    /// connection, with /readyz 200 and no delivery (seen when a failover's primary died).
+    @Test func pingOfAClosedConnectionEndsWithinItsTimeout() async throws {
+        let database = try DatabaseURL(TestDatabase.url)
+        let client = PostgresClient(configuration: database.clientConfiguration(poolSize: 1), backgroundLogger: testLogger)
+        let hub = OrderEventHub(
+            reader: OrderStore(client: client, logger: testLogger), configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero),
+            metrics: DeliveryMetrics(), logger: testLogger)
+        let listener = NotificationListener(
+            configuration: .init(connection: try database.connectionConfiguration(), pingInterval: .milliseconds(10), pingTimeout: .milliseconds(500)),
+            channelName: { "unused" }, hub: hub, metrics: DeliveryMetrics(), logger: testLogger)
+        let connection = try await PostgresConnection.connect(configuration: try database.connectionConfiguration(), id: 1, logger: testLogger)
+        try await connection.close()
+        let started = ContinuousClock.now
+        // Bounded by DatabaseDeadline, not a task group, so that a ping that hangs fails the test instead of hanging it.
+        var failure: (any Error)?
+        do {
+            try await DatabaseDeadline.run(within: .seconds(5)) { try await listener.ping(connection, channel: "order_status_unused") }
+        } catch {
+            failure = error
+        }
+        #expect(failure != nil && !(failure is DatabaseTimeout), "the ping ended with \(String(describing: failure))")
+        #expect(ContinuousClock.now - started < .seconds(3), "the ping took \(ContinuousClock.now - started)")
+    }
+
+    /// After an outage (a failover, as in scripts/failover-test.sh) the listener reconnects when
+    /// the store's operations find the database back, not at the end of its own backoff, so
+    /// delivery resumes with writes. Its backoff here is 15 to 30 s: only the store can wake it.
+    @Test func listenerReconnectsWhenTheStoreFindsTheDatabaseBack() async throws {
+        try await PostgresCluster.with { cluster in
+            let database = try DatabaseURL(cluster.url)
+            let client = PostgresClient(configuration: database.clientConfiguration(poolSize: 2), backgroundLogger: testLogger)
+            let store = OrderStore(client: client, logger: testLogger, timeout: .seconds(2))
+            let hub = OrderEventHub(
+                reader: store, configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero), metrics: DeliveryMetrics(),
+                logger: testLogger)
+            let migrated = MigrationsApplied()
+            let listener = NotificationListener(
+                configuration: .init(connection: try database.connectionConfiguration(), initialBackoff: .seconds(30), maximumBackoff: .seconds(30)),
+                channelName: {
+                    await migrated.wait()
+                    return try await store.notificationChannel()
+                }, hub: hub, metrics: DeliveryMetrics(), logger: testLogger,
+                recoveries: store.recoveries)
+            let group = ServiceGroup(configuration: .init(services: [client, hub, listener], logger: testLogger))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                defer { tasks.cancelAll() }
+                _ = try await Migrator(directory: nil, logger: testLogger).migrate(client: client)
+                migrated.signal()
+                try await eventually("the listener listens") { await listener.isListening }
+                try await cluster.stop()
+                try await eventually("the listener lost its connection") { await !listener.isListening }
+                // An operation finds the database away, as requests do during a failover.
+                await #expect(throws: (any Error).self) { try await store.ping(within: .seconds(1)) }
+                try await cluster.start()
+                try await eventually("the store reaches the database again", within: .seconds(20)) {
+                    (try? await store.ping(within: .seconds(1))) != nil
+                }
+                let answered = ContinuousClock.now
+                try await eventually("the listener listens again", within: .seconds(5)) { await listener.isListening }
+                #expect(ContinuousClock.now - answered < .seconds(5), "reconnected \(ContinuousClock.now - answered) after the store")
+                await group.triggerGracefulShutdown()
             }
         }
     }

@@ -49,7 +49,8 @@ public struct ServiceParts: Sendable {
             },
             hub: hub,
             metrics: metrics.delivery,
-            logger: logger
+            logger: logger,
+            recoveries: store.recoveries
         )
         if let authorizationSettings = settings.authorization {
             authorization = try await TokenVerifier.make(settings: authorizationSettings)

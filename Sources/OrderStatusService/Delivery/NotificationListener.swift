@@ -38,6 +38,8 @@ public actor NotificationListener: Service {
     let hub: OrderEventHub
     let metrics: DeliveryMetrics
     let logger: Logger
+    /// Cuts a backoff short when the request pool finds the database back.
+    let recoveries: DatabaseRecoveries
     public private(set) var isListening = false
     private var hasListenedBefore = false
     private var connectionID = 0
@@ -46,8 +48,9 @@ public actor NotificationListener: Service {
 
     public init(
         configuration: Configuration, channelName: @escaping @Sendable () async throws -> String, hub: OrderEventHub, metrics: DeliveryMetrics,
-        logger: Logger
+        logger: Logger, recoveries: DatabaseRecoveries = .none
     ) {
+        self.recoveries = recoveries
         self.configuration = configuration
         self.channelName = channelName
         self.hub = hub
@@ -67,6 +70,8 @@ public actor NotificationListener: Service {
     private func listenUntilCancelled() async {
         while !Task.isCancelled {
             var failure: (any Error)?
+            // Read before the attempt: a recovery while it fails must still cut the wait short.
+            let recoveriesSeen = recoveries.count
             do {
                 try await listenOnce()
             } catch {
@@ -86,9 +91,23 @@ public actor NotificationListener: Service {
                 logger.debug("notification listener could not reconnect", metadata: details)
             }
             outage = (outage?.since ?? .now, attempts)
-            guard (try? await Task.sleep(for: delay)) != nil else { break }
+            guard await pause(for: delay, unlessRecoveredAfter: recoveriesSeen) else { break }
         }
         isListening = false
+    }
+
+    /// Sleeps out the backoff, or less when the pool finds the database back meanwhile: after a
+    /// failover the listener then reconnects with the pool, not up to `maximumBackoff` later.
+    /// False when the task was cancelled.
+    private nonisolated func pause(for delay: Duration, unlessRecoveredAfter seen: Int) async -> Bool {
+        guard recoveries.outage != nil else { return (try? await Task.sleep(for: delay)) != nil }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: delay) }
+            group.addTask { await self.recoveries.wait(after: seen) }
+            await group.next()
+            group.cancelAll()
+        }
+        return !Task.isCancelled
     }
 
     /// Capped exponential backoff with full jitter, so instances do not reconnect in lockstep.
@@ -120,9 +139,11 @@ public actor NotificationListener: Service {
     }
 
     private func deliverNotifications(on channel: String, from connection: PostgresConnection) async throws {
-        try await connection.listen(on: channel) { notifications in
-            try await self.deliver(notifications, on: channel, from: connection)
+        // Bounded like the ping: a connection that closes as LISTEN is sent would leave it unanswered.
+        let notifications = try await DatabaseDeadline.run(within: configuration.pingTimeout) {
+            try await connection.listen(channel)
         }
+        try await deliver(notifications, on: channel, from: connection)
     }
 
     private func deliver(_ notifications: PostgresNotificationSequence, on channel: String, from connection: PostgresConnection) async throws {
@@ -159,23 +180,22 @@ public actor NotificationListener: Service {
     }
 
     /// Repeats `LISTEN` as the ping: a no-op for PostgreSQL, so the connection runs nothing else.
-    private nonisolated func ping(_ connection: PostgresConnection, channel: String) async throws {
+    ///
+    /// Bounded by `DatabaseDeadline`, not a task group: postgres-nio never answers a query written
+    /// once the connection has closed (its handler has left the pipeline), and a group would wait
+    /// for that query for ever, holding the listener "listening" on a dead connection (seen in
+    /// scripts/failover-test.sh when the primary died).
+    nonisolated func ping(_ connection: PostgresConnection, channel: String) async throws {
         while true {
             try await Task.sleep(for: configuration.pingInterval)
-            try await withThrowingTaskGroup(of: Bool.self) { group in
-                group.addTask {
+            do {
+                try await DatabaseDeadline.run(within: configuration.pingTimeout) {
                     _ = try await connection.query("LISTEN \(unescaped: channel)", logger: self.logger).collect()
-                    return true
                 }
-                group.addTask {
-                    try await Task.sleep(for: self.configuration.pingTimeout)
-                    // Closing fails the hung query too, so this group can finish.
-                    try? await connection.close()
-                    return false
-                }
-                let answered = try await group.next() ?? false
-                group.cancelAll()
-                if !answered { throw ListenerError.pingTimedOut }
+            } catch is DatabaseTimeout {
+                // Closing also fails the notification sequence, so the whole connection is given up.
+                try? await connection.close()
+                throw ListenerError.pingTimedOut
             }
         }
     }

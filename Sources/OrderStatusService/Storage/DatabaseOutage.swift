@@ -22,6 +22,8 @@ struct DatabaseOutageState {
 
     let probeInterval: Duration
     private(set) var state: State = .reachable
+    /// How many times the database answered again after being found away.
+    private(set) var recoveries = 0
 
     init(probeInterval: Duration) {
         self.probeInterval = probeInterval
@@ -50,6 +52,7 @@ struct DatabaseOutageState {
 
     /// An operation or a probe was answered by the database.
     mutating func foundReachable() {
+        if case .away = state { recoveries += 1 }
         state = .reachable
     }
 
@@ -69,26 +72,82 @@ final class DatabaseOutage: Sendable {
     /// How long a probe's ping may take: well under the operation timeout, so the request that
     /// probes an outage fails nearly as fast as the ones refused.
     static let probeTimeout: Duration = .milliseconds(500)
-    private let state: NIOLockedValueBox<DatabaseOutageState>
+
+    private struct Shared {
+        var state: DatabaseOutageState
+        /// Tasks waiting for the database's return (`waitForRecovery(after:)`), by waiter id.
+        var recoveryWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var lastWaiterID = 0
+    }
+
+    private let shared: NIOLockedValueBox<Shared>
 
     init(probeInterval: Duration = .seconds(1)) {
-        state = NIOLockedValueBox(DatabaseOutageState(probeInterval: probeInterval))
+        shared = NIOLockedValueBox(Shared(state: DatabaseOutageState(probeInterval: probeInterval)))
     }
 
     func admit() -> DatabaseOutageState.Admission {
-        state.withLockedValue { $0.admit(at: .now) }
+        shared.withLockedValue { $0.state.admit(at: .now) }
+    }
+
+    /// How many times an operation found the database back after an outage.
+    var recoveries: Int {
+        shared.withLockedValue { $0.state.recoveries }
+    }
+
+    /// Returns once the database has come back more than `seen` times (see `recoveries`), or when
+    /// the task is cancelled.
+    func waitForRecovery(after seen: Int) async {
+        let id = shared.withLockedValue { shared in
+            shared.lastWaiterID += 1
+            return shared.lastWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = shared.withLockedValue { shared in
+                    guard shared.state.recoveries <= seen, !Task.isCancelled else { return true }
+                    shared.recoveryWaiters[id] = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            shared.withLockedValue { $0.recoveryWaiters.removeValue(forKey: id) }?.resume()
+        }
     }
 
     /// How an operation or a probe ended: answered (nil, or an error the database gave), away,
     /// or cancelled, which says nothing about the database.
     func record(_ error: (any Error)?) {
-        state.withLockedValue { state in
+        let recovered = shared.withLockedValue { shared -> [CheckedContinuation<Void, Never>] in
+            let before = shared.state.recoveries
             switch error {
-            case nil: state.foundReachable()
-            case is CancellationError: state.probeAbandoned()
-            case let error? where DatabaseAvailability.isUnavailable(error): state.foundAway(at: .now)
-            case _?: state.foundReachable()
+            case nil: shared.state.foundReachable()
+            case is CancellationError: shared.state.probeAbandoned()
+            case let error? where DatabaseAvailability.isUnavailable(error): shared.state.foundAway(at: .now)
+            case _?: shared.state.foundReachable()
             }
+            guard shared.state.recoveries > before else { return [] }
+            defer { shared.recoveryWaiters = [:] }
+            return Array(shared.recoveryWaiters.values)
         }
+        for waiter in recovered { waiter.resume() }
+    }
+}
+
+/// Tells the notification listener when the store's operations find the database back after an
+/// outage, so it reconnects then rather than at the end of its backoff (after a failover, the
+/// request pool is usually the first to reach the new primary).
+public struct DatabaseRecoveries: Sendable {
+    let outage: DatabaseOutage?
+
+    /// Never signals: the listener keeps to its backoff alone.
+    public static let none = DatabaseRecoveries(outage: nil)
+
+    var count: Int { outage?.recoveries ?? 0 }
+
+    /// Returns at the next recovery after `count` was `seen`, or when cancelled; at once for `none`.
+    func wait(after seen: Int) async {
+        await outage?.waitForRecovery(after: seen)
     }
 }

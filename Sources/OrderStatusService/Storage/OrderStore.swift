@@ -52,6 +52,9 @@ public struct OrderStore: Sendable {
         }
     }
 
+    /// Signals each return of the database after its operations found it away.
+    public var recoveries: DatabaseRecoveries { DatabaseRecoveries(outage: outage) }
+
     /// Runs `operation`, throwing `DatabaseTimeout` when it takes longer than `limit`, and
     /// `DatabaseAway` at once while the database is known to be unreachable.
     func bounded<T: Sendable>(by limit: Duration? = nil, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
