@@ -7,7 +7,11 @@
 #   scripts/failover-test.sh
 #
 # Environment:
-#   ORDER_STATUS_BIN  service binary (default: <repo>/.build/debug/order-status). Never builds.
+#   ORDER_STATUS_BIN    service binary (default: <repo>/.build/debug/order-status). Never builds.
+#   FAILOVER_KILL       node (default: Patroni, postmaster and backends frozen, then killed) or
+#                       postmaster (only Patroni and then the postmaster killed)
+#   FAILOVER_KEEP_LOGS  a folder to copy every log into when the test fails
+#   FAILOVER_LOG_LEVEL  the services' LOG_LEVEL (default info; shown on failure)
 # DATABASE_URL is ignored: the test brings up its own cluster.
 set -euo pipefail
 

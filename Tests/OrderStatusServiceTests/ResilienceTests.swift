@@ -197,6 +197,24 @@ struct ResilienceTests {
         #expect(ContinuousClock.now - started < .seconds(3), "the ping took \(ContinuousClock.now - started)")
     }
 
+    /// During a failover HAProxy may route to the standby a moment before PostgreSQL leaves
+    /// recovery (Patroni's /primary answers 200 once it has the leader key): a write refused as
+    /// read-only means the database is not available yet (503), not a failed request (500).
+    @Test func aWriteRefusedAsReadOnlyCountsAsUnavailable() async throws {
+        let refusal = try await TestDatabase.withConnection { connection in
+            _ = try await connection.query("SET default_transaction_read_only = on", logger: testLogger).collect()
+            do {
+                _ = try await connection.query("CREATE TEMPORARY TABLE refused (id int)", logger: testLogger).collect()
+                return nil as (any Error)?
+            } catch {
+                return error
+            }
+        }
+        let error = try #require(refusal, "a read-only session accepted a write")
+        #expect((error as? PSQLError)?.serverInfo?[.sqlState] == "25006", "\(String(reflecting: error))")
+        #expect(DatabaseAvailability.isUnavailable(error))
+    }
+
     /// After an outage (a failover, as in scripts/failover-test.sh) the listener reconnects when
     /// the store's operations find the database back, not at the end of its own backoff, so
     /// delivery resumes with writes. Its backoff here is 15 to 30 s: only the store can wake it.

@@ -14,8 +14,10 @@ public enum DatabaseAvailability {
             return true
         case .server:
             // 08: connection exception, 53: insufficient resources, 57: operator intervention (shutdown).
+            // 25006, read-only transaction: a standby, or one being promoted that Patroni already
+            // calls primary, so HAProxy sends connections there a moment before it takes writes.
             let state = error.serverInfo?[.sqlState] ?? ""
-            return state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57")
+            return state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57") || state == "25006"
         default:
             return false
         }
