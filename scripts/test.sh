@@ -108,6 +108,7 @@ if [[ $# == 0 ]]; then
     bash scripts/nginx-test.sh || { summary "FAILED: nginx test"; exit 1; }
     bash scripts/pgbouncer-test.sh || { summary "FAILED: pgbouncer test"; exit 1; }
     bash scripts/balancer-test.sh || { summary "FAILED: balancer test"; exit 1; }
+    bash scripts/failover-test.sh || { summary "FAILED: failover test"; exit 1; }
     bash scripts/soak.sh "${SOAK_SECONDS:-60}" || { summary "FAILED: soak"; exit 1; }
     summary "PASSED: swift test, schemathesis, the browser and nginx tests, and the soak"
 fi
