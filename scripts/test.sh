@@ -98,8 +98,9 @@ fi
 summary "PASSED: swift test${*:+ $*}"
 
 # With no arguments this is the whole suite: the contract checked by schemathesis against the
-# live service, the live page in headless Chromium, the service behind a real nginx, and a
-# one-minute soak, run on the binaries just built.
+# live service, the live page in headless Chromium, the service behind a real nginx, behind
+# PgBouncer, four instances behind HAProxy, a Patroni failover, and a one-minute soak, run on the
+# binaries just built.
 if [[ $# == 0 ]]; then
     if [[ -x scripts/schemathesis.sh ]]; then
         bash scripts/schemathesis.sh || { summary "FAILED: schemathesis"; exit 1; }
@@ -110,5 +111,5 @@ if [[ $# == 0 ]]; then
     bash scripts/balancer-test.sh || { summary "FAILED: balancer test"; exit 1; }
     bash scripts/failover-test.sh || { summary "FAILED: failover test"; exit 1; }
     bash scripts/soak.sh "${SOAK_SECONDS:-60}" || { summary "FAILED: soak"; exit 1; }
-    summary "PASSED: swift test, schemathesis, the browser and nginx tests, and the soak"
+    summary "PASSED: swift test, schemathesis, the browser, nginx, PgBouncer, balancer and failover tests, and the soak"
 fi
