@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark: a release build, a throwaway PostgreSQL, and a fresh service process for each
 # scenario (freed memory is not returned to the OS, so the idle figure needs a new process).
-# Runs idle, fanout, writes (with pgbench running the same transaction beside it), longpoll and
-# feeds, then prints one table. Figures, not assertions: it fails only when delivery is not exact.
-#   scripts/bench.sh                     the fixed suite (about 10 minutes after the build)
+# Runs idle, fanout, lifecycle (spread over source addresses, then all from 127.0.0.1), writes
+# (with pgbench running the same transaction beside it), longpoll and feeds, then prints one table. Figures, not assertions: it fails only when delivery is not exact.
+#   scripts/bench.sh                     the fixed suite (about 12 minutes after the build)
 #   scripts/bench.sh idle fanout         some scenarios only
 #   scripts/bench.sh stalled-headers stalled-streams descriptors   stalled connections (not in the fixed suite)
 #   scripts/bench.sh listeners           PostgreSQL's CPU per listening instance, NOTIFY's ceiling (not in the fixed suite, ~15 min)
@@ -17,7 +17,7 @@ source "$ROOT/scripts/postgres.sh"
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(idle fanout writes longpoll feeds)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(idle fanout lifecycle lifecycle-loopback writes longpoll feeds)
 BUILD="$ROOT/.build-release"
 BIN="$BUILD/release/order-status"
 LOAD_BIN="$BUILD/release/order-status-load"
@@ -153,6 +153,11 @@ for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
         idle) run_load idle --streams 19000 --orders 1000 --hold 20 ;;
         fanout) run_load fanout --subscribers 10000 --orders 1000 --rate 200 ;;
+        # Order pages as they live: each order walked to delivered, its streams then moving to the
+        # next order (about 500 new streams a second), once from spread source addresses and once
+        # with every connection from 127.0.0.1, as an independent client makes them.
+        lifecycle) run_load lifecycle --subscribers 10000 --orders 1000 --rate 200 --seconds 20 ;;
+        lifecycle-loopback) run_load lifecycle --subscribers 10000 --orders 1000 --rate 200 --seconds 20 --source-addresses 0 ;;
         writes)
             # Rounds alternate so that both sides see the same drift of a shared machine.
             SERVICE_ENV=(DATABASE_POOL_SIZE=$WRITE_POOL)
@@ -187,7 +192,7 @@ for scenario in "${SCENARIOS[@]}"; do
             ORDER_STATUS_BIN="$BIN" bash scripts/listener-capacity.sh | tee "$WORK/listeners.out" || FAILED+=(listeners)
             grep '^RESULT ' "$WORK/listeners.out" >> "$RESULTS" || true
             ;;
-        *) echo "bench: unknown scenario '$scenario' (idle, fanout, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors, listeners)"; exit 2 ;;
+        *) echo "bench: unknown scenario '$scenario' (idle, fanout, lifecycle, lifecycle-loopback, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors, listeners)"; exit 2 ;;
     esac
 done
 

@@ -17,6 +17,10 @@ struct StreamRecord: Sendable {
     var heartbeats = 0
     /// Receipt time minus the `sentAt` stamp in the event's metadata, for events that carry one.
     var latencies: [Int64] = []
+    /// The same for events sent after the response head arrived: delivered live, not replayed.
+    var liveLatencies: [Int64] = []
+    /// When the response head arrived (monotonic nanoseconds).
+    var openedAt: Int64 = 0
     var ended = false
 }
 
@@ -58,6 +62,7 @@ final class StreamProbeHandler: ChannelInboundHandler, RemovableChannelHandler, 
         switch unwrapInboundIn(data) {
         case .head(let head):
             record.status = head.status.code
+            record.openedAt = monotonicNanoseconds()
             opened.succeed(head.status.code)
         case .body(var chunk):
             if pending == nil { pending = chunk } else { pending!.writeBuffer(&chunk) }
@@ -76,6 +81,13 @@ final class StreamProbeHandler: ChannelInboundHandler, RemovableChannelHandler, 
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+
+    /// A connection that never became active (its connect failed) gets no channelInactive: its
+    /// promises end here instead (a second completion is ignored).
+    func handlerRemoved(context: ChannelHandlerContext) {
+        opened.fail(ChannelError.ioOnClosedChannel)
+        finished.succeed(())
     }
 
     /// Consumes every complete `\n\n`-terminated block in `pending`.
@@ -105,7 +117,9 @@ final class StreamProbeHandler: ChannelInboundHandler, RemovableChannelHandler, 
         if let stamp = block.firstRange(of: #""sentAt":"#.utf8) {
             var index = stamp.upperBound
             while index < block.endIndex, block[index] == UInt8(ascii: " ") { index += 1 }
-            record.latencies.append(now - Self.integer(in: block, after: index))
+            let sentAt = Self.integer(in: block, after: index)
+            record.latencies.append(now - sentAt)
+            if sentAt >= record.openedAt { record.liveLatencies.append(now - sentAt) }
         }
     }
 
