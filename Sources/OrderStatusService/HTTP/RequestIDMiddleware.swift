@@ -7,10 +7,16 @@ import Logging
 /// `request_id`, and the response echoes it, so a client's report leads to the server's lines.
 struct RequestIDMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let id = request.headers[.requestID].flatMap { RequestIDs.isAcceptable($0) ? $0 : nil } ?? context.id
         var context = context
+        let id: String
+        if let sent = request.headers[.requestID], RequestIDs.isAcceptable(sent) {
+            id = sent
+            context.logger[metadataKey: RequestIDs.hummingbirdMetadataKey] = .string(id)
+        } else {
+            // Hummingbird's key already holds its own id: setting it again is a metadata write per request.
+            id = context.id
+        }
         context.logger[metadataKey: RequestIDs.metadataKey] = .string(id)
-        context.logger[metadataKey: RequestIDs.hummingbirdMetadataKey] = .string(id)
         var response = try await next(request, context)
         response.headers[.requestID] = id
         return response
