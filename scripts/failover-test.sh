@@ -25,22 +25,9 @@ command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 [[ -x /usr/lib/postgresql/15/bin/postgres ]] || missing+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
-if (( ${#missing[@]} )); then
-    echo "failover-test: installing Debian's ${missing[*]}"
-    if [[ $(id -u) == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
-    "${SUDO[@]}" apt-get update -qq
-    # A policy-rc.d answering 101 keeps the packages from starting a system etcd, haproxy or
-    # PostgreSQL where init would allow it; one the machine already has is left as it is.
-    made_policy=""
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        "${SUDO[@]}" sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
-        made_policy=1
-    fi
-    install_rc=0
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null || install_rc=$?
-    [[ -n $made_policy ]] && "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
-    [[ $install_rc == 0 ]] || { echo "failover-test: apt-get install ${missing[*]} failed" >&2; exit 1; }
-fi
+# shellcheck source=scripts/debian-packages.sh
+source "$ROOT/scripts/debian-packages.sh"
+install_debian_packages failover-test "${missing[@]}"
 export PATH="$PATH:/usr/sbin"
 
 exec python3 "$ROOT/scripts/failover_test.py"

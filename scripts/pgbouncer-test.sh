@@ -18,22 +18,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 : "${DATABASE_URL:?DATABASE_URL must point at a PostgreSQL database}"
 
-if ! command -v pgbouncer >/dev/null 2>&1 && [[ ! -x /usr/sbin/pgbouncer ]]; then
-    echo "pgbouncer-test: installing Debian's pgbouncer"
-    if [[ $(id -u) == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
-    "${SUDO[@]}" apt-get update -qq
-    # A policy-rc.d answering 101 keeps the package from starting a system PgBouncer on 6432
-    # where init would allow it; one the machine already has is left as it is.
-    made_policy=""
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        "${SUDO[@]}" sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
-        made_policy=1
-    fi
-    install_rc=0
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq pgbouncer postgresql-client >/dev/null || install_rc=$?
-    [[ -n $made_policy ]] && "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
-    [[ $install_rc == 0 ]] || { echo "pgbouncer-test: apt-get install pgbouncer failed" >&2; exit 1; }
-fi
+missing=()
+command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# shellcheck source=scripts/debian-packages.sh
+source "$ROOT/scripts/debian-packages.sh"
+install_debian_packages pgbouncer-test "${missing[@]}"
 
 export PATH="$PATH:/usr/sbin"
 exec python3 "$ROOT/scripts/pgbouncer_test.py"
