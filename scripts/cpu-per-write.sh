@@ -11,6 +11,9 @@
 #   scripts/cpu-per-write.sh [BINARY]      default .build/debug/order-status
 #   ORDERS=400 CONNECTIONS=8 KEEP=DIR      writes = 5 x ORDERS; KEEP keeps the callgrind files in DIR
 #   NATIVE_ORDERS=2000                     the native run's orders (0 skips it)
+#   MODE=streams                           instructions per order-page stream instead: opened from
+#                                          Last-Event-ID 0 on an order walked to shipped (a replay of
+#                                          four events, then the hub), read, and closed by the client
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +22,7 @@ source "$ROOT/scripts/postgres.sh"
 BIN="$(realpath "${1:-$ROOT/.build/debug/order-status}")"
 ORDERS="${ORDERS:-400}"
 CONNECTIONS="${CONNECTIONS:-8}"
+MODE="${MODE:-writes}"
 NATIVE_ORDERS="${NATIVE_ORDERS:-2000}"
 WORK="$(mktemp -d /tmp/order-status-cpw.XXXXXX)"
 PGDATA_DIR="$(mktemp -d /tmp/order-status-cpw-pg.XXXXXX)"
@@ -82,7 +86,11 @@ stop_service() {
     SERVER_PID=""
 }
 
-drive() { python3 "$ROOT/scripts/cpu_per_write.py" "$URL" "$1" "$CONNECTIONS" "$2"; }
+drive() { python3 "$ROOT/scripts/cpu_per_write.py" "$URL" "$1" "$CONNECTIONS" "$2" "${3:-writes}"; }
+
+# The measured work on orders named PREFIX-n: writes, or streams on orders made for them beforehand.
+prepare() { [[ "$MODE" == writes ]] || drive "$1" "$2" streams-setup > /dev/null; }
+measured() { drive "$1" "$2" "$MODE"; }
 
 # The instructions of the newest dump file.
 dumped_instructions() {
@@ -106,14 +114,16 @@ dump() {
     await_dump "$before"
 }
 
-echo "cpu-per-write: $BIN under callgrind, $ORDERS orders x 5 writes over $CONNECTIONS connections"
+echo "cpu-per-write: $BIN under callgrind, $MODE on $ORDERS orders over $CONNECTIONS connections"
 start_service env LD_PRELOAD="$WORK/sigsuspend_copy.so" \
     valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$WORK/order-status" serve
-drive "$((CONNECTIONS * 10))" warm > /dev/null
+prepare "$((CONNECTIONS * 10))" warm
+measured "$((CONNECTIONS * 10))" warm > /dev/null
+prepare "$ORDERS" timed
 callgrind_control -z "$SERVER_PID" > /dev/null
 sleep 1
 started=$(date +%s.%N)
-writes="$(drive "$ORDERS" timed)"
+writes="$(measured "$ORDERS" timed)"
 seconds="$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
 dump 0
 window="$(dumped_instructions)"
@@ -125,19 +135,21 @@ dump 1
 idle="$(awk -v i="$(dumped_instructions)" -v s="$seconds" -v t="$idle_seconds" 'BEGIN { printf "%.0f", i * s / t }')"
 stop_service
 per_write=$(( (window - idle) / writes ))
-echo "cpu-per-write: $writes writes in $seconds s: $window instructions, idle for as long $idle: $per_write instructions per write"
+echo "cpu-per-write: $writes $MODE in $seconds s: $window instructions, idle for as long $idle: $per_write instructions per operation"
 # Without the idle subtraction too: the idle figure is scaled from a shorter window, and varies more.
-echo "RESULT cpu-per-write writes=$writes instructions_per_write=$per_write window_per_write=$(( window / writes )) window=$window idle=$idle"
+echo "RESULT cpu-per-write mode=$MODE operations=$writes instructions_per_operation=$per_write window_per_operation=$(( window / writes )) window=$window idle=$idle"
 
 if [[ "$NATIVE_ORDERS" -gt 0 ]]; then
     start_service "$BIN" serve
-    drive "$((CONNECTIONS * 10))" warm-native > /dev/null
+    prepare "$((CONNECTIONS * 10))" warm-native
+    measured "$((CONNECTIONS * 10))" warm-native > /dev/null
+    prepare "$NATIVE_ORDERS" native
     cpu() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
     before="$(cpu)"
-    native_writes="$(drive "$NATIVE_ORDERS" native)"
+    native_writes="$(measured "$NATIVE_ORDERS" native)"
     after="$(cpu)"
     stop_service
     micros=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / native_writes ))
-    echo "cpu-per-write: native, $native_writes writes: $micros µs of service CPU per write"
-    echo "RESULT cpu-per-write-native writes=$native_writes service_cpu_us=$micros"
+    echo "cpu-per-write: native, $native_writes $MODE: $micros µs of service CPU per operation"
+    echo "RESULT cpu-per-write-native mode=$MODE operations=$native_writes service_cpu_us=$micros"
 fi

@@ -32,6 +32,7 @@ struct FanoutBench: AsyncParsableCommand {
 
         let changeList = Self.walk.flatMap { status in orderIDs.map { (orderID: $0, status: status) } }
         let publisher = try await ChangePublisher.connect(connector, connections: publisherConnections)
+        let cpuBefore = options.serverPid.flatMap { CPUTime.of(pid: $0) }
         let postLatencies = try await publisher.publish(changeList, rate: rate)
 
         var check = DeliveryCheck()
@@ -49,11 +50,22 @@ struct FanoutBench: AsyncParsableCommand {
             check.add(expected: expectedByOrder[probe.orderID] ?? [], received: record.eventIDs)
             latencies.append(contentsOf: record.latencies)
         }
+        // The server's CPU over the changes and their deliveries, per event delivered (the changes' own cost included).
+        let cpuAfter = options.serverPid.flatMap { CPUTime.of(pid: $0) }
+        let cpuPerDelivery = cpuBefore.flatMap { before in
+            cpuAfter.map { String(format: "%.1f", ($0 - before) * 1e6 / Double(max(1, latencies.count))) }
+        }
         let summary = LatencySummary(nanoseconds: latencies)
         say("fanout: \(check.text)")
         say("fanout: POST-to-receipt \(summary.text) over \(latencies.count) deliveries")
         say("fanout: POST round trip \(LatencySummary(nanoseconds: postLatencies).text)")
-        result("fanout", ["subscribers": "\(subscribers)", "orders": "\(orders)", "rate": "\(rate)"], check: check, latency: summary)
+        say("fanout: server CPU per delivered event \(cpuPerDelivery ?? "n/a") µs")
+        result(
+            "fanout",
+            [
+                "subscribers": "\(subscribers)", "orders": "\(orders)", "rate": "\(rate)",
+                "server_cpu_us_per_delivery": cpuPerDelivery ?? "n/a",
+            ], check: check, latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()
         if !check.isExact { throw ExitCode.failure }

@@ -8,8 +8,9 @@ import NIOCore
 /// `Last-Event-ID: 0`, so streams open and end all the time, as writes and deliveries go on.
 ///
 /// Slot k's orders are `prefix-k-0`, `prefix-k-1`, ...: made up front, so the timed part is the
-/// status changes and the streams. The changes go round the slots, so each order lives 4K/R seconds
-/// and about S·R/(4K) streams open a second.
+/// status changes and the streams. The changes go round the slots, so each order lives 4K/R seconds;
+/// the slots start out of step (`LifecycleSchedule`), so about S·R/(4K) streams open every second
+/// of the run.
 struct LifecycleBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lifecycle",
@@ -30,12 +31,17 @@ struct LifecycleBench: AsyncParsableCommand {
         let client = ServiceClient.make(url: options.url)
         let group = makeProbeGroup()
         let walk = FanoutBench.walk
-        // Generations of each slot: enough orders for R·T changes, rounded up to whole lifecycles.
-        let generations = max(1, (rate * seconds + walk.count * orders - 1) / (walk.count * orders))
+        let schedule = LifecycleSchedule(walk: walk, orders: orders, rounds: max(1, (rate * seconds + orders - 1) / orders))
+        let generations = schedule.mostGenerations
         let names = LifecycleOrderNames(prefix: "lc-\(UUID().uuidString.prefix(6))")
         say("lifecycle: creating \(orders * generations) orders (\(orders) slots x \(generations) generations)")
         try await forEachConcurrently(Array(0..<(orders * generations)), limit: 32) { index in
             try await client.send("POST", "/orders", #"{"id":"\#(names.id(slot: index % orders, generation: index / orders))"}"#)
+        }
+        try await forEachConcurrently(Array(0..<orders), limit: 32) { slot in
+            for (generation, status) in schedule.lead(ofSlot: slot) {
+                try await client.send("POST", "/orders/\(names.id(slot: slot, generation: generation))/status", #"{"status":"\#(status)"}"#)
+            }
         }
         let baselineStreams = try await client.gauges().streams
         let connector = StreamProbeConnector(host: host, port: port, sourceAddressCount: options.sourceAddresses, group: group)
@@ -48,20 +54,21 @@ struct LifecycleBench: AsyncParsableCommand {
         // Every subscriber's first stream is open before the first change, as in the fanout scenario.
         let firstStreams = try await openFirstStreams(subscribers, orderID: { names.id(slot: $0, generation: 0) }, connector: connector)
         try await client.awaitOpenStreams(baselineStreams + subscribers.count)
-        let changes = (0..<generations).flatMap { generation in
-            walk.flatMap { status in (0..<orders).map { (orderID: names.id(slot: $0, generation: generation), status: status) } }
-        }
+        let changes = schedule.timed.map { (orderID: names.id(slot: $0.slot, generation: $0.generation), status: $0.status) }
         say(
             "lifecycle: \(subscribers.count) subscribers over \(orders) live orders; publishing \(changes.count) changes at \(rate)/s "
                 + String(format: "(each order lives %.1f s, about %.0f new streams/s)", lifetime, Double(subscribers.count) / lifetime))
 
         let publisher = try await ChangePublisher.connect(connector, connections: publisherConnections)
-        async let postLatencies = publisher.publish(changes, rate: rate)
+        let cpuStart = ContinuousClock.now
+        let cpuBefore = (server: options.serverPid.flatMap { CPUTime.of(pid: $0) }, generator: CPUTime.ofSelf)
+        async let postLatencies = Self.publish(changes, rate: rate, with: publisher, thenEnd: schedule, names: names, client: client)
         let records = try await withThrowingTaskGroup(of: [(orderID: String, record: StreamRecord)].self) { group in
             for (subscriber, first) in zip(subscribers, firstStreams) {
                 group.addTask {
                     try await subscriber.follow(
-                        first: first, generations: generations, orderID: { names.id(slot: subscriber.slot, generation: $0) },
+                        first: first, generations: schedule.generations(ofSlot: subscriber.slot),
+                        orderID: { names.id(slot: subscriber.slot, generation: $0) },
                         connector: connector, bound: streamBound)
                 }
             }
@@ -70,6 +77,14 @@ struct LifecycleBench: AsyncParsableCommand {
             return all
         }
         let postRoundTrips = try await postLatencies
+        // CPU seconds a second of each party over the changes and streams (its tail walk included).
+        let elapsed = Double(cpuStart.duration(to: .now) / .milliseconds(1)) / 1000
+        func cores(_ before: Double?, _ after: Double?) -> String {
+            guard let before, let after else { return "n/a" }
+            return String(format: "%.2f", (after - before) / elapsed)
+        }
+        let serverCores = cores(cpuBefore.server, options.serverPid.flatMap { CPUTime.of(pid: $0) })
+        let generatorCores = cores(cpuBefore.generator, CPUTime.ofSelf)
 
         var expectedByOrder: [String: [Int64]] = [:]
         try await forEachConcurrentlyCollecting(
@@ -93,16 +108,33 @@ struct LifecycleBench: AsyncParsableCommand {
         // An event sent before its stream's head arrived came in the replay: its figure includes the open.
         say("lifecycle: of them sent after the stream opened (live) \(liveSummary.text) over \(live.count)")
         say("lifecycle: POST round trip \(posts.text)")
+        say("lifecycle: CPU over the run: server \(serverCores) cores, load tool \(generatorCores) cores")
         result(
             "lifecycle",
             [
                 "subscribers": "\(subscribers.count)", "orders": "\(orders)", "rate": "\(rate)", "streams": "\(records.count)",
                 "post_p90_ms": posts.milliseconds(0.9), "post_p99_ms": posts.milliseconds(0.99),
                 "live_p99_ms": liveSummary.milliseconds(0.99), "replayed": "\(latencies.count - live.count)",
+                "server_cores": serverCores, "generator_cores": generatorCores,
             ], check: check, latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()
         if !check.isExact { throw ExitCode.failure }
+    }
+
+    /// Publishes the timed changes, then walks each slot's last order to its end (unstamped, so
+    /// those deliveries are checked but not timed), and returns the timed changes' round trips.
+    private static func publish(
+        _ changes: [(orderID: String, status: String)], rate: Int, with publisher: ChangePublisher, thenEnd schedule: LifecycleSchedule,
+        names: LifecycleOrderNames, client: ServiceClient
+    ) async throws -> [Int64] {
+        let roundTrips = try await publisher.publish(changes, rate: rate)
+        try await forEachConcurrently(Array(0..<schedule.orders), limit: 16) { slot in
+            for (generation, status) in schedule.tail(ofSlot: slot) {
+                try await client.send("POST", "/orders/\(names.id(slot: slot, generation: generation))/status", #"{"status":"\#(status)"}"#)
+            }
+        }
+        return roundTrips
     }
 
     /// The first stream of every subscriber, opened a bounded number at a time.
@@ -163,6 +195,41 @@ extension LifecycleSubscriber {
                 try await Task.sleep(for: .milliseconds(100 * attempt))
             }
         }
+    }
+}
+
+/// Which order of each slot gets which status when. Slot k starts `k % 4` statuses into its first
+/// order (walked before the streams open), so orders reach their terminal event all through the
+/// run rather than all in its last quarter, and streams open and end at a steady rate. Each slot's
+/// last order is walked to its end after the timed part, unstamped, so every stream ends.
+struct LifecycleSchedule {
+    let walk: [String]
+    let orders: Int
+    /// Times the timed part goes round every slot.
+    let rounds: Int
+
+    func phase(ofSlot slot: Int) -> Int { slot % walk.count }
+    /// Orders of the slot that get a change, the first included.
+    func generations(ofSlot slot: Int) -> Int { (phase(ofSlot: slot) + rounds - 1) / walk.count + 1 }
+    var mostGenerations: Int { (0..<min(orders, walk.count)).map(generations(ofSlot:)).max() ?? 1 }
+
+    /// The statuses each slot's first order gets before the streams open.
+    func lead(ofSlot slot: Int) -> [(generation: Int, status: String)] { walk.prefix(phase(ofSlot: slot)).map { (0, $0) } }
+
+    /// The timed changes, round after round over the slots.
+    var timed: [(slot: Int, generation: Int, status: String)] {
+        (0..<rounds).flatMap { round in
+            (0..<orders).map { slot in
+                let step = phase(ofSlot: slot) + round
+                return (slot, step / walk.count, walk[step % walk.count])
+            }
+        }
+    }
+
+    /// What is left of each slot's last order after the timed part.
+    func tail(ofSlot slot: Int) -> [(generation: Int, status: String)] {
+        let last = phase(ofSlot: slot) + rounds - 1
+        return walk[(last % walk.count + 1)...].map { (last / walk.count, $0) }
     }
 }
 

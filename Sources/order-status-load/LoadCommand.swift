@@ -8,7 +8,8 @@ struct LoadCommand: AsyncParsableCommand {
         commandName: "order-status-load",
         abstract: "Measures an order-status service.",
         subcommands: [
-            Latency.self, Soak.self, IdleBench.self, FanoutBench.self, LifecycleBench.self, WritesBench.self, LongPollBench.self, FeedsBench.self, StalledBench.self,
+            Latency.self, Soak.self, IdleBench.self, FanoutBench.self, LifecycleBench.self, WritesBench.self, LongPollBench.self, FeedsBench.self,
+            StalledBench.self,
         ]
     )
 }

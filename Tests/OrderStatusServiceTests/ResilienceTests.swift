@@ -181,7 +181,8 @@ struct ResilienceTests {
             reader: OrderStore(client: client, logger: testLogger), configuration: .init(heartbeatInterval: .seconds(600), shutdownSpread: .zero),
             metrics: DeliveryMetrics(), logger: testLogger)
         let listener = NotificationListener(
-            configuration: .init(connection: try database.connectionConfiguration(), pingInterval: .milliseconds(10), pingTimeout: .milliseconds(500)),
+            configuration: .init(
+                connection: try database.connectionConfiguration(), pingInterval: .milliseconds(10), pingTimeout: .milliseconds(500)),
             channelName: { "unused" }, hub: hub, metrics: DeliveryMetrics(), logger: testLogger)
         let connection = try await PostgresConnection.connect(configuration: try database.connectionConfiguration(), id: 1, logger: testLogger)
         try await connection.close()

@@ -23,6 +23,27 @@ public enum SSEFrame {
     }
 }
 
+/// Frames gathered into one buffer, so that a replay goes out in one write per page rather than
+/// one per event: a stream's opening costs one trip to its event loop and one system call.
+public struct SSEFrameBatch {
+    private var pending = ByteBuffer()
+
+    public init() {}
+
+    public mutating func append(_ frame: ByteBuffer) {
+        var frame = frame
+        pending.writeBuffer(&frame)
+    }
+
+    /// The frames appended since the last take; nil when there are none (an empty body part
+    /// would be the end of a chunked body).
+    public mutating func take() -> ByteBuffer? {
+        guard pending.readableBytes > 0 else { return nil }
+        defer { pending = ByteBuffer() }
+        return pending
+    }
+}
+
 /// An event with its JSON and SSE frame encoded once; ByteBuffer shares its storage, so handing
 /// the frame to a thousand subscribers copies no bytes.
 public struct EncodedEvent: Sendable {

@@ -67,20 +67,24 @@ struct EventStreamController<Context: EventStreamRequestContext> {
         }
     }
 
-    /// Writes `retry:` and the replay, reading further pages straight to the socket so a long
-    /// history needs no buffer. Returns the last id written, or nil when the order's terminal
-    /// event was among them and the stream is over.
+    /// Writes `retry:` and the replay, one write per page, reading further pages straight to the
+    /// socket so a long history needs no buffer. Returns the last id written, or nil when the
+    /// order's terminal event was among them and the stream is over.
     private func writeReplay(of id: OrderID, replay: [OrderEvent], after start: Int64, to writer: inout any ResponseBodyWriter) async throws -> Int64?
     {
-        try await writer.write(SSEFrame.retry(milliseconds: retry.next()))
+        var batch = SSEFrameBatch()
+        batch.append(SSEFrame.retry(milliseconds: retry.next()))
         var position = start
         var page = replay
         while true {
-            for event in page {
-                try await writer.write(SSEFrame.event(id: event.id, json: event.json))
+            var ended = false
+            for event in page where !ended {
+                batch.append(SSEFrame.event(id: event.id, json: event.json))
                 position = event.id
-                if event.isTerminal { return nil }
+                ended = event.isTerminal
             }
+            if let bytes = batch.take() { try await writer.write(bytes) }
+            if ended { return nil }
             guard page.count == OrderEventHub.pageSize else { return position }
             page = try await store.events(of: id, after: position, limit: OrderEventHub.pageSize)?.events ?? []
         }

@@ -42,17 +42,19 @@ struct FeedController<Context: EventStreamRequestContext> {
         var openOrders: Set<OrderID>
     }
 
-    /// Writes `retry:`, the first events, the replay after the cursor (page by page, straight to
-    /// the socket) and `caught-up`. Nil when the feed ended: every listed order reached its end.
+    /// Writes `retry:`, the first events, the replay after the cursor (page by page, one write
+    /// each, straight to the socket) and `caught-up`. Nil when the feed ended: every listed order reached its end.
     private func writeReplay(_ start: FeedStart, orders: Set<OrderID>?, to writer: inout any ResponseBodyWriter) async throws -> LivePosition? {
-        try await writer.write(SSEFrame.retry(milliseconds: retry.next()))
-        for event in start.firstEvents { try await writer.write(SSEFrame.feedEvent(at: event.position, json: event.event.json)) }
+        var batch = SSEFrameBatch()
+        batch.append(SSEFrame.retry(milliseconds: retry.next()))
+        for event in start.firstEvents { batch.append(SSEFrame.feedEvent(at: event.position, json: event.event.json)) }
         var live = LivePosition(position: start.position, openOrders: start.openOrders)
         if start.replaysTable {
             replay: while true {
+                if let bytes = batch.take() { try await writer.write(bytes) }
                 let page = try await store.feedPage(after: live.position, orders: orders, limit: OrderEventHub.pageSize)
                 for event in page.events {
-                    try await writer.write(SSEFrame.feedEvent(at: event.position, json: event.event.json))
+                    batch.append(SSEFrame.feedEvent(at: event.position, json: event.event.json))
                     live.position = event.position
                     if orders != nil, event.event.isTerminal {
                         live.openOrders.remove(event.event.orderID)
@@ -65,7 +67,8 @@ struct FeedController<Context: EventStreamRequestContext> {
                 }
             }
         }
-        try await writer.write(SSEFrame.caughtUp(at: live.position))
+        batch.append(SSEFrame.caughtUp(at: live.position))
+        if let bytes = batch.take() { try await writer.write(bytes) }
         if orders != nil, live.openOrders.isEmpty { return nil }
         return live
     }

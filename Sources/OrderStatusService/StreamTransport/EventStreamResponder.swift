@@ -40,7 +40,9 @@ struct EventStreamResponder: Sendable {
         }
         let writer = ChannelResponseBodyWriter(channel: channel)
         do {
-            try await channel.writeAndFlush(HTTPResponsePart.head(response.head))
+            // Not flushed on its own: the body's first write (the replay, or the end) takes the
+            // head with it, in one system call.
+            channel.write(HTTPResponsePart.head(response.head), promise: nil)
             try await response.body.write(writer)
         } catch {
             logger.debug("writing an event stream response failed", metadata: ["error": "\(error)"])
