@@ -100,7 +100,7 @@ extension OrderEventHub {
             deliverFeed(page, readFrom: from, of: wanted, isComplete: isComplete)
             if !isComplete {
                 feed.readRequested = true
-            } else if page.snapshot.heldBackOrders.isEmpty {
+            } else if !page.snapshot.holdsBack(nil) {
                 feed.retryDelay = FeedSubscribers.firstRetryDelay
             } else {
                 armFeedRetry()
@@ -142,7 +142,7 @@ extension OrderEventHub {
                 continue
             }
             let batch = carried.prefix(poll.limit)
-            let heldBack = poll.orders.map { !page.snapshot.heldBackOrders.isDisjoint(with: $0) } ?? !page.snapshot.heldBackOrders.isEmpty
+            let heldBack = page.snapshot.holdsBack(poll.orders)
             poll.mailbox.yield(
                 FeedPollAnswer(
                     events: batch.map(\.json), cursor: batch.last!.position, upToDate: batch.count == carried.count && isComplete && !heldBack))

@@ -193,10 +193,3 @@ struct FeedStart: Sendable {
         throw Problem(.badRequest, "The cursor '\(cursor.cursor)' lies past the end of the feed: it was not handed out by this service.")
     }
 }
-
-extension FeedSnapshot {
-    /// Whether events of a feed of `orders` (every order when nil) wait past the frontier.
-    func holdsBack(_ orders: Set<OrderID>?) -> Bool {
-        orders.map { !heldBackOrders.isDisjoint(with: $0) } ?? !heldBackOrders.isEmpty
-    }
-}

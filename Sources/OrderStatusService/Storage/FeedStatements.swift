@@ -4,20 +4,31 @@ import PostgresNIO
 /// unfinished transaction, from the statement's own snapshot: the events below it are then exactly
 /// the committed ones, and no later commit can add one there.
 enum FeedStatements {
+    /// Held-back events a read looks at, at most; past it the snapshot says only that some are.
+    static let heldBackLimit = 10_000
+
     /// The frontier, and the committed events it holds back (those of `$orders`, all when null).
+    /// The held-back events are an ordered, limited range of the feed index from the frontier: a
+    /// prepared statement's plan cannot know the frontier, and planned `feed_xact >= xmin` as a
+    /// scan of the whole table (240 ms per read at 300 000 events; BENCHMARKS.md, "Feeds").
     private static func snapshotCTEs(orders: String) -> String {
         """
         frontier AS MATERIALIZED (
             SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
         ), held AS (
-            SELECT array_agg(DISTINCT h.order_id) AS orders, extract(epoch FROM clock_timestamp() - min(h.occurred_at))::float8 AS age
-            FROM order_events h, frontier f
-            WHERE h.feed_xact >= f.xmin AND (\(orders)::text[] IS NULL OR h.order_id = ANY(\(orders)::text[]))
+            SELECT array_agg(DISTINCT h.order_id) AS orders, extract(epoch FROM clock_timestamp() - min(h.occurred_at))::float8 AS age,
+                count(*) >= \(heldBackLimit) AS partial
+            FROM frontier f, LATERAL (
+                SELECT order_id, occurred_at FROM order_events
+                WHERE (feed_xact, id) >= (f.xmin, 0) AND (\(orders)::text[] IS NULL OR order_id = ANY(\(orders)::text[]))
+                ORDER BY feed_xact, id
+                LIMIT \(heldBackLimit)
+            ) h
         )
         """
     }
 
-    private static let snapshotColumns = "f.xmin::text, held.orders, held.age"
+    private static let snapshotColumns = "f.xmin::text, held.orders, held.age, held.partial"
 
     /// The feed's events after a position, in feed order, below the frontier: one row per event,
     /// or one row of nulls after the snapshot's columns when there is none.
@@ -50,10 +61,11 @@ enum FeedStatements {
         }
 
         func decodeRow(_ row: PostgresRow) throws -> (FeedSnapshot, FeedEvent?) {
-            let c = try row.decode((String, [String]?, Double?, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
-            let snapshot = try FeedSnapshot(frontier: c.0, heldBackOrders: c.1, heldBackSeconds: c.2)
-            guard let transaction = c.3 else { return (snapshot, nil) }
-            return (snapshot, try SQL.feedEvent(transaction: transaction, (c.4, c.5, c.6, c.7, c.8, c.9, c.10)))
+            let c = try row.decode(
+                (String, [String]?, Double?, Bool, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
+            let snapshot = try FeedSnapshot(frontier: c.0, heldBackOrders: c.1, heldBackSeconds: c.2, isPartial: c.3)
+            guard let transaction = c.4 else { return (snapshot, nil) }
+            return (snapshot, try SQL.feedEvent(transaction: transaction, (c.5, c.6, c.7, c.8, c.9, c.10, c.11)))
         }
     }
 
@@ -81,11 +93,12 @@ enum FeedStatements {
 
         func decodeRow(_ row: PostgresRow) throws -> (FeedSnapshot, FeedOrderState) {
             let c = try row.decode(
-                (String, [String]?, Double?, String, OrderStatus?, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?).self)
-            let snapshot = try FeedSnapshot(frontier: c.0, heldBackOrders: c.1, heldBackSeconds: c.2)
-            let id = try SQL.orderID(c.3)
-            let latest = try c.5.map { try SQL.feedEvent(transaction: $0, (c.6, c.7, c.8, c.9, c.10, c.11, c.12)) }
-            return (snapshot, FeedOrderState(id: id, exists: c.4 != nil, latest: latest))
+                (String, [String]?, Double?, Bool, String, OrderStatus?, String?, Int64?, String?, OrderStatus?, OrderStatus?, Int?, String?, String?)
+                    .self)
+            let snapshot = try FeedSnapshot(frontier: c.0, heldBackOrders: c.1, heldBackSeconds: c.2, isPartial: c.3)
+            let id = try SQL.orderID(c.4)
+            let latest = try c.6.map { try SQL.feedEvent(transaction: $0, (c.7, c.8, c.9, c.10, c.11, c.12, c.13)) }
+            return (snapshot, FeedOrderState(id: id, exists: c.5 != nil, latest: latest))
         }
     }
 }
@@ -98,18 +111,27 @@ public struct FeedSnapshot: Sendable, Equatable {
     public var heldBackOrders: Set<OrderID>
     /// How long the oldest held-back event has waited since its transaction began; nil when none waits.
     public var heldBackSeconds: Double?
+    /// More events wait than a read looks at (`heldBackLimit`): `heldBackOrders` names only some
+    /// of the orders, so every feed counts as held back.
+    public var isPartial: Bool
 
-    public init(frontier: FeedPosition, heldBackOrders: Set<OrderID> = [], heldBackSeconds: Double? = nil) {
+    public init(frontier: FeedPosition, heldBackOrders: Set<OrderID> = [], heldBackSeconds: Double? = nil, isPartial: Bool = false) {
         self.frontier = frontier
         self.heldBackOrders = heldBackOrders
         self.heldBackSeconds = heldBackSeconds
+        self.isPartial = isPartial
     }
 
-    init(frontier: String, heldBackOrders: [String]?, heldBackSeconds: Double?) throws {
+    init(frontier: String, heldBackOrders: [String]?, heldBackSeconds: Double?, isPartial: Bool) throws {
         self.init(
             frontier: FeedPosition(frontier: try SQL.transaction(frontier)),
             heldBackOrders: Set(try (heldBackOrders ?? []).map(SQL.orderID)),
-            heldBackSeconds: heldBackSeconds)
+            heldBackSeconds: heldBackSeconds, isPartial: isPartial)
+    }
+
+    /// Whether events of a feed of `orders` (every order when nil) wait past the frontier.
+    public func holdsBack(_ orders: Set<OrderID>?) -> Bool {
+        isPartial || (orders.map { !heldBackOrders.isDisjoint(with: $0) } ?? !heldBackOrders.isEmpty)
     }
 }
 
