@@ -6,6 +6,7 @@
 #   scripts/bench.sh                     the fixed suite (about 12 minutes after the build)
 #   scripts/bench.sh idle fanout         some scenarios only
 #   scripts/bench.sh stalled-headers stalled-streams descriptors   stalled connections (not in the fixed suite)
+#   scripts/bench.sh fanout-scale        server CPU per delivered event, 1 000 to 19 000 subscribers (not in the fixed suite)
 #   scripts/bench.sh listeners           PostgreSQL's CPU per listening instance, NOTIFY's ceiling (not in the fixed suite, ~15 min)
 #   BENCH_SKIP_BUILD=1 scripts/bench.sh  use the binaries already in .build-release
 set -euo pipefail
@@ -153,6 +154,16 @@ for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
         idle) run_load idle --streams 19000 --orders 1000 --hold 20 ;;
         fanout) run_load fanout --subscribers 10000 --orders 1000 --rate 200 ;;
+        # Not in the fixed suite: the same 4 000 changes to 1 000 ... 19 000 subscribers. The
+        # server's CPU grows by a cost per delivered event, which the table prints between sizes.
+        fanout-scale)
+            for subscribers in 1000 5000 10000 19000; do
+                run_load fanout --subscribers "$subscribers" --orders 1000 --rate 200
+            done
+            awk '/^RESULT fanout/ { for (i = 3; i <= NF; i++) { split($i, a, "="); v[a[1]] = a[2] }
+                     if (n++) printf "fanout   %d -> %d subscribers: %.1f µs of server CPU per further delivered event\n", s, v["subscribers"], (v["server_cpu_ms"] - m) * 1000 / (v["delivered"] - d)
+                     s = v["subscribers"]; m = v["server_cpu_ms"]; d = v["delivered"] }' "$RESULTS" > "$WORK/fanout-scale.txt"
+            ;;
         # Order pages as they live: each order walked to delivered, its streams then moving to the
         # next order (about 500 new streams a second), once from spread source addresses and once
         # with every connection from 127.0.0.1, as an independent client makes them.
@@ -192,7 +203,7 @@ for scenario in "${SCENARIOS[@]}"; do
             ORDER_STATUS_BIN="$BIN" bash scripts/listener-capacity.sh | tee "$WORK/listeners.out" || FAILED+=(listeners)
             grep '^RESULT ' "$WORK/listeners.out" >> "$RESULTS" || true
             ;;
-        *) echo "bench: unknown scenario '$scenario' (idle, fanout, lifecycle, lifecycle-loopback, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors, listeners)"; exit 2 ;;
+        *) echo "bench: unknown scenario '$scenario' (idle, fanout, fanout-scale, lifecycle, lifecycle-loopback, writes, longpoll, feeds, stalled-headers, stalled-streams, descriptors, listeners)"; exit 2 ;;
     esac
 done
 
@@ -207,6 +218,7 @@ if grep -q '^RESULT writes' "$RESULTS" && grep -q '^RESULT pgbench' "$RESULTS"; 
              p[c] += r }
          END { for (c in p) printf "writes   service (%d pooled connections) at %.0f%% of pgbench with %s clients, the same transaction (mean of %d rounds)\n", '"$WRITE_POOL"', 100 * s / p[c], c, n }' "$RESULTS"
 fi
+[[ ! -f "$WORK/fanout-scale.txt" ]] || cat "$WORK/fanout-scale.txt"
 if [[ ${#FAILED[@]} -gt 0 ]]; then
     echo "bench: FAILED (inexact delivery or an error): ${FAILED[*]}"
     exit 1

@@ -38,23 +38,25 @@ struct FanoutBench: AsyncParsableCommand {
         var check = DeliveryCheck()
         var latencies: [Int64] = []
         latencies.reserveCapacity(subscribers * Self.walk.count)
-        var expectedByOrder: [String: [Int64]] = [:]
-        for orderID in orderIDs { expectedByOrder[orderID] = try await client.eventIDs(orderID) }
         let deadline = NIODeadline.now() + .seconds(30)
         for probe in probes {
             // A stream ends after its order's terminal event; wait for that, within a bound.
             let timeout = probe.channel.eventLoop.scheduleTask(deadline: deadline) { probe.channel.close(promise: nil) }
             try? await probe.finished.get()
             timeout.cancel()
+        }
+        // The server's CPU over the changes and their deliveries (the changes' own cost included),
+        // before the check's own reads of the table.
+        let cpuAfter = options.serverPid.flatMap { CPUTime.of(pid: $0) }
+        var expectedByOrder: [String: [Int64]] = [:]
+        for orderID in orderIDs { expectedByOrder[orderID] = try await client.eventIDs(orderID) }
+        for probe in probes {
             let record = try await probe.record()
             check.add(expected: expectedByOrder[probe.orderID] ?? [], received: record.eventIDs)
             latencies.append(contentsOf: record.latencies)
         }
-        // The server's CPU over the changes and their deliveries, per event delivered (the changes' own cost included).
-        let cpuAfter = options.serverPid.flatMap { CPUTime.of(pid: $0) }
-        let cpuPerDelivery = cpuBefore.flatMap { before in
-            cpuAfter.map { String(format: "%.1f", ($0 - before) * 1e6 / Double(max(1, latencies.count))) }
-        }
+        let cpuSeconds = cpuBefore.flatMap { before in cpuAfter.map { $0 - before } }
+        let cpuPerDelivery = cpuSeconds.map { String(format: "%.1f", $0 * 1e6 / Double(max(1, latencies.count))) }
         let summary = LatencySummary(nanoseconds: latencies)
         say("fanout: \(check.text)")
         say("fanout: POST-to-receipt \(summary.text) over \(latencies.count) deliveries")
@@ -64,7 +66,7 @@ struct FanoutBench: AsyncParsableCommand {
             "fanout",
             [
                 "subscribers": "\(subscribers)", "orders": "\(orders)", "rate": "\(rate)",
-                "server_cpu_us_per_delivery": cpuPerDelivery ?? "n/a",
+                "server_cpu_us_per_delivery": cpuPerDelivery ?? "n/a", "server_cpu_ms": cpuSeconds.map { String(format: "%.0f", $0 * 1000) } ?? "n/a",
             ], check: check, latency: summary)
         try await client.shutdown()
         try await group.shutdownGracefully()

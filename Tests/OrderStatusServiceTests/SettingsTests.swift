@@ -46,6 +46,21 @@ struct SettingsTests {
         }
     }
 
+    /// The pool checks idle connections as configured, or not at all.
+    @Test func thePoolsKeepAliveIsConfiguredAndCanBeOff() throws {
+        let defaults = try ServiceSettings(SettingsSource(environment: Self.base))
+        #expect(defaults.databaseKeepAlive == .seconds(30))
+        let pool = defaults.database.clientConfiguration(poolSize: 7, keepAlive: defaults.databaseKeepAlive).options
+        #expect(pool.maximumConnections == 7)
+        #expect(pool.keepAliveBehavior?.frequency == .seconds(30))
+        let off = try ServiceSettings(SettingsSource(environment: Self.base.merging(["DATABASE_KEEPALIVE_SECONDS": "off"]) { $1 }))
+        #expect(off.databaseKeepAlive == nil)
+        #expect(off.database.clientConfiguration(poolSize: 7, keepAlive: off.databaseKeepAlive).options.keepAliveBehavior == nil)
+        #expect(throws: ConfigurationError("DATABASE_KEEPALIVE_SECONDS must be a number of seconds above 0, not 'never'")) {
+            try ServiceSettings(SettingsSource(environment: Self.base.merging(["DATABASE_KEEPALIVE_SECONDS": "never"]) { $1 }))
+        }
+    }
+
     @Test func theStartupLogSaysWhereEachGivenSettingCameFromAndShowsNoSecret() throws {
         let secret = "an-hs256-secret-of-thirty-two-bytes-or-more"
         let source = SettingsSource(

@@ -19,7 +19,9 @@ public struct ServiceParts: Sendable {
     public let authorization: TokenVerifier?
 
     public init(settings: ServiceSettings, logger: Logger) async throws {
-        postgres = PostgresClient(configuration: settings.database.clientConfiguration(poolSize: settings.databasePoolSize), backgroundLogger: logger)
+        postgres = PostgresClient(
+            configuration: settings.database.clientConfiguration(poolSize: settings.databasePoolSize, keepAlive: settings.databaseKeepAlive),
+            backgroundLogger: logger)
         metrics = ServiceMetrics(settings: settings)
         store = OrderStore(
             client: postgres, logger: logger, timeout: settings.databaseTimeout, metrics: metrics.database, statements: settings.statements)

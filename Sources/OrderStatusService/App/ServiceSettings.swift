@@ -25,6 +25,8 @@ public struct ServiceSettings: Sendable {
     public var maximumPolls: Int
     public var databasePoolSize: Int
     public var databaseTimeout: Duration
+    /// How long a pooled connection may idle before a query checks it; nil: never checked.
+    public var databaseKeepAlive: Duration?
     public var sseRetryJitterPercent: Int
     public var shutdownSpread: Duration
     /// How long shutdown answers /readyz with 503 while serving as usual, before streams end.
@@ -106,6 +108,7 @@ public struct ServiceSettings: Sendable {
         maximumPolls = try source.integer("MAX_POLLS", in: 1...10_000_000)
         databasePoolSize = try source.integer("DATABASE_POOL_SIZE", in: 1...1000)
         databaseTimeout = try source.seconds("DATABASE_TIMEOUT_SECONDS")
+        databaseKeepAlive = try source.text("DATABASE_KEEPALIVE_SECONDS") == "off" ? nil : source.seconds("DATABASE_KEEPALIVE_SECONDS")
         listenerPingInterval = try source.seconds("LISTENER_PING_SECONDS")
         listenerPingTimeout = try source.seconds("LISTENER_PING_TIMEOUT_SECONDS")
         let level = try source.required("LOG_LEVEL")
@@ -158,7 +161,9 @@ public struct DatabaseURL: Sendable, Equatable {
         }
     }
 
-    public func clientConfiguration(poolSize: Int) -> PostgresClient.Configuration {
+    /// The request pool's configuration: `poolSize` connections, each checked with a query after
+    /// `keepAlive` idle (none when nil).
+    public func clientConfiguration(poolSize: Int, keepAlive: Duration? = .seconds(30)) -> PostgresClient.Configuration {
         let tls: PostgresClient.Configuration.TLS =
             switch tlsMode {
             case "require": .require(.makeClientConfiguration())
@@ -167,6 +172,9 @@ public struct DatabaseURL: Sendable, Equatable {
             }
         var configuration = PostgresClient.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
         configuration.options.maximumConnections = poolSize
+        // Each check is a timer postgres-nio arms (three tasks and a dispatch timer) every time a
+        // connection goes back to the pool (BENCHMARKS.md, "Pool timers").
+        configuration.options.keepAliveBehavior = keepAlive.map { .init(frequency: $0) }
         configuration.options.additionalStartupParameters = [("application_name", "order-status")]
         return configuration
     }

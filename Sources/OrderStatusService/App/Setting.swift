@@ -86,6 +86,9 @@ public struct Setting: Sendable, Hashable {
             Setting("MAX_POLLS", default: "20000", "held long polls per instance before 503"),
             Setting("DATABASE_POOL_SIZE", default: "20", "connections in the request pool"),
             Setting("DATABASE_TIMEOUT_SECONDS", default: "5", "bound on one database operation before 503"),
+            Setting(
+                "DATABASE_KEEPALIVE_SECONDS", default: "30",
+                "idle seconds before a pooled connection is checked with a query, or off (each check costs a timer per query)"),
             Setting("LISTENER_PING_SECONDS", default: "10", "how often the LISTEN connection is checked"),
             Setting("LISTENER_PING_TIMEOUT_SECONDS", default: "5", "an unanswered check closes that connection after this"),
             Setting("LOG_LEVEL", default: "info", "trace, debug, info, notice, warning, error or critical"),
