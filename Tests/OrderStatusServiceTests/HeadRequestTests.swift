@@ -37,16 +37,7 @@ struct HeadRequestTests {
             let id = uniqueOrderID("H")
             try await service.createOrder(id)
             let readsBefore = try await service.metric("order_status_hub_event_reads_total")
-            let connection = try await RawConnection.open(port: service.port)
-            try await connection.send("HEAD /events/order-status/\(id) HTTP/1.1\r\nHost: x\r\n\r\n")
-            let head = try await connection.read(through: "\r\n\r\n", within: .seconds(5))
-            #expect(head.hasPrefix("HTTP/1.1 200"), "\(head)")
-            #expect(head.lowercased().contains("\r\ncontent-type: text/event-stream\r\n"), "\(head)")
-            #expect(head.hasSuffix("\r\n\r\n"), "nothing after the head: \(head)")
-            // Its answer ended at the head: the connection carries the next request.
-            try await connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            let next = try await connection.readUntilClosed(within: .seconds(5))
-            #expect(next.hasPrefix("HTTP/1.1 200"), "\(next)")
+            try await Self.expectHeadAloneThenNextRequest("/events/order-status/\(id)", on: service)
             #expect(try await service.metric("order_status_open_streams") == 0)
             #expect(try await service.metric("order_status_hub_event_reads_total") == readsBefore, "a subscriber made the hub read the order")
             // A GET of the same stream does subscribe, and the hub reads for it: the count above would have moved.
@@ -61,17 +52,23 @@ struct HeadRequestTests {
     /// at the head, subscribe no feed, and leave the connection for the next request.
     @Test func feedHeadSubscribesNothingAndLeavesTheConnectionFree() async throws {
         try await TestService.with { service in
-            let connection = try await RawConnection.open(port: service.port)
-            try await connection.send("HEAD /events/order-status HTTP/1.1\r\nHost: x\r\n\r\n")
-            let head = try await connection.read(through: "\r\n\r\n", within: .seconds(5))
-            #expect(head.hasPrefix("HTTP/1.1 200"), "\(head)")
-            #expect(head.lowercased().contains("\r\ncontent-type: text/event-stream\r\n"), "\(head)")
-            #expect(head.hasSuffix("\r\n\r\n"), "nothing after the head: \(head)")
-            try await connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            let next = try await connection.readUntilClosed(within: .seconds(5))
-            #expect(next.hasPrefix("HTTP/1.1 200"), "\(next)")
+            try await Self.expectHeadAloneThenNextRequest("/events/order-status", on: service)
             #expect(try await service.metric("order_status_open_feeds") == 0)
         }
+    }
+
+    /// HEAD of a stream's path answers an event stream's head and nothing after it, and the
+    /// connection then carries the next request.
+    static func expectHeadAloneThenNextRequest(_ path: String, on service: TestService) async throws {
+        let connection = try await RawConnection.open(port: service.port)
+        try await connection.send("HEAD \(path) HTTP/1.1\r\nHost: x\r\n\r\n")
+        let head = try await connection.read(through: "\r\n\r\n", within: .seconds(5))
+        #expect(head.hasPrefix("HTTP/1.1 200"), "\(head)")
+        #expect(head.lowercased().contains("\r\ncontent-type: text/event-stream\r\n"), "\(head)")
+        #expect(head.hasSuffix("\r\n\r\n"), "nothing after the head: \(head)")
+        try await connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        let next = try await connection.readUntilClosed(within: .seconds(5))
+        #expect(next.hasPrefix("HTTP/1.1 200"), "\(next)")
     }
 
     /// Over HTTP/2 a stream is attached by its request's task; its HEAD attaches nothing either.
