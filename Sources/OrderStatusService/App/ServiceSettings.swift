@@ -173,7 +173,7 @@ public struct DatabaseURL: Sendable, Equatable {
         var configuration = PostgresClient.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
         configuration.options.maximumConnections = poolSize
         // Each check is a timer postgres-nio arms (three tasks and a dispatch timer) every time a
-        // connection goes back to the pool (BENCHMARKS.md, "Pool timers").
+        // connection goes back to the pool (BENCHMARKS.md, issue 15's cut 3).
         configuration.options.keepAliveBehavior = keepAlive.map { .init(frequency: $0) }
         configuration.options.additionalStartupParameters = [("application_name", "order-status")]
         return configuration

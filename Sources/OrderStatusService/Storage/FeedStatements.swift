@@ -10,7 +10,7 @@ enum FeedStatements {
     /// The frontier, and the committed events it holds back (those of `$orders`, all when null).
     /// The held-back events are an ordered, limited range of the feed index from the frontier: a
     /// prepared statement's plan cannot know the frontier, and planned `feed_xact >= xmin` as a
-    /// scan of the whole table (240 ms per read at 300 000 events; BENCHMARKS.md, "Feeds").
+    /// scan of the whole table (240 ms per read at 300 000 events; BENCHMARKS.md, issue 15's cut 2).
     private static func snapshotCTEs(orders: String) -> String {
         """
         frontier AS MATERIALIZED (
