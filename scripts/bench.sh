@@ -66,14 +66,8 @@ ulimit -n "$(ulimit -Hn)"
 reference_loop() { python3 -c 'import time; t = time.perf_counter(); sum(range(30_000_000)); print(f"{time.perf_counter() - t:.2f} s")'; }
 REFERENCE_BEFORE="$(reference_loop)"
 
-pg_ensure_installed
-PG_PORT="$(pg_pick_free_port 57000 1000)"
-pg_init_cluster "$PGDATA_DIR" "$PG_PORT" --throwaway
-pg_start "$PGDATA_DIR"
-pg_wait_ready "$PG_PORT"
-pg_create_database "$PG_PORT" order_status_bench
+pg_start_throwaway "$PGDATA_DIR" 57000 1000 order_status_bench
 PGBIN="$(pg_bin_dir)"
-export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/order_status_bench"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

@@ -41,13 +41,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 command -v valgrind > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind > /dev/null; }
-pg_ensure_installed
-PG_PORT="$(pg_pick_free_port 59000 900)"
-PG_SCRIPTS_QUIET=1 pg_init_cluster "$PGDATA_DIR" "$PG_PORT" --throwaway
-PG_SCRIPTS_QUIET=1 pg_start "$PGDATA_DIR"
-pg_wait_ready "$PG_PORT"
-PG_SCRIPTS_QUIET=1 pg_create_database "$PG_PORT" order_status_cpw
-export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/order_status_cpw"
+pg_start_throwaway "$PGDATA_DIR" 59000 900 order_status_cpw
 
 # valgrind 3.19 writes into the mask a program hands sigsuspend (to unblock its own signal), and
 # libdispatch's main thread passes a constant one: a copy in writable memory keeps valgrind alive.

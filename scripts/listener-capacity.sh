@@ -47,13 +47,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-pg_ensure_installed
-PG_PORT="$(pg_pick_free_port 58000 1000)"
-PG_SCRIPTS_QUIET=1 pg_init_cluster "$PGDATA_DIR" "$PG_PORT" --throwaway
-PG_SCRIPTS_QUIET=1 pg_start "$PGDATA_DIR"
-pg_wait_ready "$PG_PORT"
-PG_SCRIPTS_QUIET=1 pg_create_database "$PG_PORT" order_status_listeners
-export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/order_status_listeners"
+pg_start_throwaway "$PGDATA_DIR" 58000 1000 order_status_listeners
 PGBIN="$(pg_bin_dir)"
 export PGBIN PGDATA_DIR
 "$ORDER_STATUS_BIN" migrate > /dev/null

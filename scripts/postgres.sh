@@ -211,6 +211,19 @@ pg_create_database() {
     fi
 }
 
+# A throwaway cluster in DIR (fsync off) on a free port from FIRST (SPAN ports tried), with
+# database NAME: sets PG_PORT and exports DATABASE_URL. For the measuring scripts.
+pg_start_throwaway() {
+    local dir="${1:?pg_start_throwaway DIR FIRST SPAN NAME}" first="$2" span="$3" name="$4"
+    pg_ensure_installed || return 1
+    PG_PORT="$(pg_pick_free_port "$first" "$span")" || return 1
+    PG_SCRIPTS_QUIET=1 pg_init_cluster "$dir" "$PG_PORT" --throwaway || return 1
+    PG_SCRIPTS_QUIET=1 pg_start "$dir" || return 1
+    pg_wait_ready "$PG_PORT" || return 1
+    PG_SCRIPTS_QUIET=1 pg_create_database "$PG_PORT" "$name" || return 1
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$name"
+}
+
 # order-status dev cluster location: REPO/.local/postgres (gitignored) when the
 # postgres user can reach it, else a fixed system path (e.g. repo under /root).
 pg_dev_data_dir() {
