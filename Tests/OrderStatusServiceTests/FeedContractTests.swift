@@ -65,14 +65,20 @@ struct FeedContractTests {
         try await FeedTests.withFreshService { _, databaseURL in
             try await TestDatabase.withConnection(to: databaseURL) { connection in
                 // The bench's table after its writes: 60 000 orders of five events each, from many transactions.
-                try await FeedTests.query(
-                    "INSERT INTO orders (id, status, version, created_at, updated_at, last_event_id) "
-                        + "SELECT 'bulk-' || n, 'delivered', 5, now(), now(), 0 FROM generate_series(1, 60000) n", on: connection)
-                try await FeedTests.query(
-                    "INSERT INTO order_events (order_id, status, previous_status, version, occurred_at, feed_xact) "
-                        + "SELECT 'bulk-' || n, (ARRAY['pending','paid','processing','shipped','delivered'])[v], "
-                        + "(ARRAY[NULL,'pending','paid','processing','shipped'])[v], v, now(), ((n % 500 + 3)::text)::xid8 "
-                        + "FROM generate_series(1, 60000) n, generate_series(1, 5) v", on: connection)
+                // Written in short transactions: an open one holds every feed of the cluster (other
+                // tests' databases too) behind its transaction id for as long as it runs.
+                let chunk = 2_000
+                for first in stride(from: 1, through: 60_000, by: chunk) {
+                    let range = "generate_series(\(first), \(first + chunk - 1)) n"
+                    try await FeedTests.query(
+                        "INSERT INTO orders (id, status, version, created_at, updated_at, last_event_id) "
+                            + "SELECT 'bulk-' || n, 'delivered', 5, now(), now(), 0 FROM \(range)", on: connection)
+                    try await FeedTests.query(
+                        "INSERT INTO order_events (order_id, status, previous_status, version, occurred_at, feed_xact) "
+                            + "SELECT 'bulk-' || n, (ARRAY['pending','paid','processing','shipped','delivered'])[v], "
+                            + "(ARRAY[NULL,'pending','paid','processing','shipped'])[v], v, now(), ((n % 500 + 3)::text)::xid8 "
+                            + "FROM \(range), generate_series(1, 5) v", on: connection)
+                }
                 try await FeedTests.query("ANALYZE orders, order_events", on: connection)
                 try await FeedTests.query("SET plan_cache_mode = force_generic_plan", on: connection)
                 try await FeedTests.query("PREPARE feed_page(text, int8, int8, text[]) AS \(FeedStatements.Page.sql)", on: connection)

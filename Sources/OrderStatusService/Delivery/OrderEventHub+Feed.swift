@@ -89,6 +89,8 @@ extension OrderEventHub {
                 metrics.feedReads.increment()
                 failures = 0
             } catch {
+                // Cancelled: the hub is shutting down, and nobody is left to read for.
+                if Task.isCancelled { break }
                 failures += 1
                 logger.warning("reading the feed failed; retrying", metadata: ["error": "\(String(reflecting: error))"])
                 feed.readRequested = true

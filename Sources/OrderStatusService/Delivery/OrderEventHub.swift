@@ -292,6 +292,7 @@ public actor OrderEventHub: Service {
                 metrics.hubReads.increment()
                 action = entry.delivery.readFinished(page)
             } catch {
+                if Task.isCancelled { return }
                 action = entry.delivery.readFailed()
                 logger.warning("reading new events failed; retrying", metadata: ["order": "\(orderID)", "error": "\(String(reflecting: error))"])
             }
