@@ -120,6 +120,61 @@ struct HostileClientTests {
         }
     }
 
+    /// Once the hub holds a stream, its connection has shed the HTTP parser: the live frames and the
+    /// end are still exact chunks, a request pipelined after the stream is left unanswered, and a
+    /// client that stops sending (half-closes) has its stream closed.
+    @Test func aHeldStreamIsExactChunksIgnoresPipelinedRequestsAndEndsOnHalfClose() async throws {
+        try await TestService.with { service in
+            let id = uniqueOrderID("K")
+            try await service.createOrder(id)
+            let connection = try await RawConnection.open(port: service.port)
+            try await connection.send("GET /events/order-status/\(id) HTTP/1.1\r\nHost: x\r\n\r\n")
+            let opening = try await connection.read(through: "\"status\":\"pending\"", within: .seconds(10))
+            try await connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            _ = try await service.changeStatus(id, to: "paid")
+            _ = try await service.changeStatus(id, to: "delivered")
+            let response = try RawResponse.parse(opening + (try await connection.readUntilClosed(within: .seconds(10))))
+            #expect(response.headers["transfer-encoding"] == "chunked")
+            let (payload, afterLastChunk) = try Self.dechunk(response.body)
+            #expect(afterLastChunk == "", "bytes after the last chunk: \(afterLastChunk.debugDescription)")
+            let frames = payload.components(separatedBy: "\n\n").filter { $0.contains("data:") }
+            #expect(frames.map { $0.contains("\"status\":\"pending\"") } == [true, false, false], "\(payload)")
+            #expect(frames.last?.contains("\"status\":\"delivered\"") == true)
+            #expect(!payload.contains("HTTP/1.1"), "the pipelined request was answered: \(payload)")
+
+            let open = uniqueOrderID("K")
+            try await service.createOrder(open)
+            let halfClosing = try await RawConnection.open(port: service.port)
+            try await halfClosing.send("GET /events/order-status/\(open) HTTP/1.1\r\nHost: x\r\n\r\n")
+            _ = try await halfClosing.read(through: "\"status\":\"pending\"", within: .seconds(10))
+            let openBefore = try await service.metric("order_status_open_streams")
+            halfClosing.shutdownWriting()
+            _ = try await halfClosing.readUntilClosed(within: .seconds(10))
+            try await eventually("the half-closed stream's place is given back") {
+                try await service.metric("order_status_open_streams") < openBefore
+            }
+        }
+    }
+
+    /// The payload of a chunked body, checking every size line and CRLF, and what follows its last chunk.
+    static func dechunk(_ body: String) throws -> (payload: String, rest: String) {
+        var rest = Substring(body)
+        var payload = ""
+        while true {
+            guard let line = rest.range(of: "\r\n"), let size = Int(rest[..<line.lowerBound], radix: 16) else {
+                throw TestFailure("no chunk size line at: \(rest.prefix(40).debugDescription)")
+            }
+            rest = rest[line.upperBound...]
+            let data = rest.utf8.prefix(size)
+            guard data.count == size, rest.utf8.dropFirst(size).starts(with: "\r\n".utf8) else {
+                throw TestFailure("a chunk of \(size) bytes is not followed by CRLF: \(rest.prefix(size + 10).debugDescription)")
+            }
+            if size == 0 { return (payload, String(rest.dropFirst(2))) }
+            payload += String(decoding: data, as: UTF8.self)
+            rest = Substring(String(decoding: rest.utf8.dropFirst(size + 2), as: UTF8.self))
+        }
+    }
+
     @Test func aStreamWhoseClientStopsReadingIsClosedWithinTheStallBound() async throws {
         // Heartbeats every 10 ms fill the buffers fast; the frame cap is out of reach, so only the
         // stall bound can close the stream.

@@ -282,5 +282,8 @@ final class RawConnection: @unchecked Sendable {
         }
     }
 
+    /// Ends this side's sending (a FIN), keeping the connection open for reading.
+    func shutdownWriting() { shutdown(fd, Int32(SHUT_WR)) }
+
     deinit { close(fd) }
 }

@@ -1,11 +1,9 @@
 import NIOCore
-import NIOHTTPTypes
 import Synchronization
 
 /// A stream the hub writes to the client's channel directly. Writes are queued on the channel's
 /// event loop; a client that leaves more than `capacity` frames unsent has stopped reading.
-/// It writes the parts `RootResponseBodyWriter` writes (hummingbird 2.28.1,
-/// Sources/HummingbirdCore/Response/ResponseWriter.swift), from the hub instead of a task.
+/// The channel's HTTP handlers are gone by then: `HandedOffEventStream` frames what it writes.
 final class ChannelEventStreamSink: EventStreamSink {
     /// SO_SNDBUF of a stream's socket once the hub writes to it.
     static let socketSendBuffer: SocketOptionValue = 4 * 1024
@@ -34,14 +32,14 @@ final class ChannelEventStreamSink: EventStreamSink {
         channel.eventLoop.execute {
             let written = channel.eventLoop.makePromise(of: Void.self)
             written.futureResult.whenComplete { _ in self.unsent.subtract(1, ordering: .relaxed) }
-            channel.writeAndFlush(HTTPResponsePart.body(frame), promise: written)
+            channel.writeAndFlush(HandedOffStreamPart.frame(frame), promise: written)
         }
         return .enqueued
     }
 
     func finish() {
         let channel = channel
-        channel.writeAndFlush(HTTPResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+        channel.writeAndFlush(HandedOffStreamPart.end).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Runs `body` once the client's connection has closed, whoever closed it.

@@ -39,7 +39,7 @@ struct EventStreamAttachment: Sendable {
         switch kind {
         case .channel(let channel):
             guard let position = try await replay(&writer) else { return try await writer.finish(nil) }
-            let sink = channel.handToHub(capacity: capacity)
+            let sink = try await channel.handToHub(capacity: capacity)
             guard let subscription = await subscribe(position, sink) else { return sink.finish() }
             sink.whenClosed {
                 withExtendedLifetime(slot) { subscription.leave() }
@@ -96,13 +96,17 @@ final class EventStreamChannel: Sendable {
     /// Whether the hub writes the rest of the stream, so the channel must stay open.
     var isHandedToHub: Bool { handedToHub.load(ordering: .relaxed) }
 
-    /// The rest of the response as a sink the hub writes to.
-    func handToHub(capacity: Int) -> ChannelEventStreamSink {
+    /// The rest of the response as a sink the hub writes to. Call once the replay is written.
+    func handToHub(capacity: Int) async throws -> ChannelEventStreamSink {
+        let channel = channel
+        try await channel.eventLoop.submit {
+            // The kernel's send buffer grows to megabytes, which a client that stops reading fills with
+            // years of heartbeats before a write waits (`WriteStallWatchdog`); a live stream's frames
+            // are small, so a few KiB keep it flowing. Linux doubles the value given.
+            try? channel.syncOptions?.setOption(.socketOption(.so_sndbuf), value: ChannelEventStreamSink.socketSendBuffer)
+            try channel.pipeline.syncOperations.removeHTTP1HandlersForHandedOffStream()
+        }.get()
         handedToHub.store(true, ordering: .relaxed)
-        // The kernel's send buffer grows to megabytes, which a client that stops reading fills with
-        // years of heartbeats before a write waits (`WriteStallWatchdog`); a live stream's frames
-        // are small, so a few KiB keep it flowing. Linux doubles the value given.
-        channel.setOption(.socketOption(.so_sndbuf), value: ChannelEventStreamSink.socketSendBuffer).whenFailure { _ in }
         return ChannelEventStreamSink(channel: channel, capacity: capacity)
     }
 }

@@ -82,6 +82,8 @@ extension ChannelPipeline.SynchronousOperations {
     /// Sources/HummingbirdCore/Server/HTTP/HTTP1Channel.swift): the same handlers in the same
     /// order, appended. Ours around them: the two bounds on a slow peer, the problem answer to a
     /// request the parser refuses (Hummingbird's loop would write a bare 400), and HTTP/1.0 framing.
+    /// A stream handed to the hub sheds all but the watchdog (`removeHTTP1HandlersForHandedOffStream`):
+    /// a handler added here goes there too.
     func addOrderStatusHTTP1Handlers(
         configuration: HTTP1Channel.Configuration, bounds: OrderStatusHTTP1Channel.PeerBounds, serverName: String?, logger: Logger
     ) throws {

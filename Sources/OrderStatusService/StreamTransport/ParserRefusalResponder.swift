@@ -95,7 +95,8 @@ final class HTTP10ResponseFraming: ChannelDuplexHandler, RemovableChannelHandler
 
     /// Versions of the requests read and not yet answered, oldest first.
     private var pendingVersions: [HTTPVersion] = []
-    private var isAnsweringHTTP10 = false
+    /// Whether the response being written answers an HTTP/1.0 request.
+    private(set) var isAnsweringHTTP10 = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .head(let head) = unwrapInboundIn(data) { pendingVersions.append(head.version) }
